@@ -1,0 +1,147 @@
+"""ssl-pretrain: train an encoder with a pretext task.
+
+    ssl-pretrain                                   # rotation, demo data, small AlexNet, CPU-sized
+    ssl-pretrain --task rotation --arch alexnet --data /data/imagenet --config experiments/rotation_imagenet_alexnet.yaml
+    torchrun --nproc_per_node 2 -m selfsup.cli.pretrain ...   # the same command on several processes
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from selfsup.checkpoint import seed_everything
+from selfsup.cli.common import add_overrides, command_line, git_commit, given_overrides, machine_description, user_errors_exit
+from selfsup.config import PretrainConfig, from_dict, load_yaml, merge, parse_overrides, set_dotted, to_dict
+from selfsup.data.loading import RandomCrop
+from selfsup.data.sources import open_splits
+from selfsup.distributed import init_distributed, shutdown
+from selfsup.engine import Trainer
+from selfsup.models import build_encoder
+from selfsup.pretext import TASKS, build_task
+
+FLAGS: dict[str, tuple[str, type, str]] = {
+    "--task": ("task", str, "pretext task: " + ", ".join(TASKS)),
+    "--arch": ("model.arch", str, "encoder architecture"),
+    "--width": ("model.width", float, "encoder channel-width multiplier"),
+    "--data": ("data.data", str, "'demo' (default), cifar10, cifar100, stl10 or an image folder"),
+    "--data-root": ("data.data_root", str, "where demo/torchvision data is cached or downloaded"),
+    "--image-size": ("data.image_size", int, "training crop size in pixels"),
+    "--workers": ("data.workers", int, "data loading worker processes"),
+    "--epochs": ("train.epochs", int, "number of epochs"),
+    "--batch-size": ("train.batch_size", int, "images per step over all processes"),
+    "--lr": ("optim.lr", float, "peak learning rate"),
+    "--precision": ("train.precision", str, "auto, fp32 or bf16"),
+    "--device": ("train.device", str, "auto, cpu or cuda"),
+    "--seed": ("train.seed", int, "random seed"),
+    "--out": ("train.out", str, "output folder"),
+    "--checkpoint-every": ("train.checkpoint_every", int, "checkpoint interval in steps"),
+    "--resume": ("train.resume", bool, "continue from <out>/last.pt"),
+}
+
+
+def parse_config(argv: list[str] | None) -> PretrainConfig:
+    parser = argparse.ArgumentParser(prog="ssl-pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file of config fields (e.g. experiments/*.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any field, e.g. --set optim.schedule=step --set pretext.head_hidden=0")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    add_overrides(parser, FLAGS)
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    for dotted, value in given_overrides(args, FLAGS).items():
+        set_dotted(values, dotted, value)
+    values = merge(values, parse_overrides(args.set))
+    cfg = from_dict(PretrainConfig, values)
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        sys.exit(0)
+    return cfg
+
+
+def run(cfg: PretrainConfig) -> dict[str, Any]:
+    dist_info = init_distributed(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    task_cls = TASKS[cfg.task]
+    splits = open_splits(cfg.data.data, cfg.data.data_root, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed)
+    needs_labels = getattr(task_cls, "needs_labels", False)
+    source = splits.train if needs_labels else splits.pretrain
+    if source is None:
+        raise ValueError(f"task {cfg.task} needs labelled data, but {cfg.data.data} has no class sub-folders")
+    encoder = build_encoder(cfg.model.arch, in_channels=task_cls.input_channels, width=cfg.model.width)
+    task = build_task(cfg.task, encoder, cfg.pretext, num_classes=len(source.classes) or None)
+    out_dir = Path(cfg.train.out.format(task=cfg.task, arch=cfg.model.arch))
+    record = {
+        "kind": "pretrain",
+        "task": {"name": cfg.task, "options": dataclasses.asdict(task.cfg), "num_classes": len(source.classes) or None},
+        "encoder": {"arch": cfg.model.arch, "width": cfg.model.width, "in_channels": task_cls.input_channels},
+        "image_size": cfg.data.image_size,
+        "config": to_dict(cfg),
+        "data": {"spec": cfg.data.data, "root": cfg.data.data_root, "source": source.describe(), "notes": splits.notes},
+        "command": command_line(),
+        "git_commit": git_commit(),
+        "machine": machine_description(dist_info.device),
+    }
+    if dist_info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        n_params = sum(p.numel() for p in task.parameters())
+        print(
+            f"ssl-pretrain: task {cfg.task}, encoder {cfg.model.arch} ({n_params / 1e6:.2f} M parameters with heads), "
+            f"data {source.describe()}, {dist_info.world_size} process(es) on {dist_info.device}",
+            file=sys.stderr,
+        )
+    trainer = Trainer(
+        task,
+        source,
+        RandomCrop(cfg.data.image_size, scale=(cfg.data.crop_scale_min, 1.0), hflip=cfg.data.hflip),
+        train_cfg=cfg.train,
+        optim_cfg=cfg.optim,
+        workers=cfg.data.workers,
+        out_dir=out_dir,
+        dist_info=dist_info,
+        record=record,
+        channels_last=cfg.model.channels_last,
+    )
+    summary = trainer.fit()
+    if dist_info.is_main:
+        print_summary(summary, task_cls.metric)
+    shutdown()
+    return summary
+
+
+def print_summary(summary: dict[str, Any], metric: str) -> None:
+    final = summary["final"]
+    lines = [
+        "",
+        f"== ssl-pretrain finished: {summary['task']['name']} on {summary['encoder']['arch']} ==",
+        f"data            {summary['data']['source']}",
+        f"epochs / steps  {summary['epochs']} / {summary['steps']}",
+        f"final loss      {final.get('loss', float('nan')):.4f}",
+    ]
+    if metric in final:
+        lines.append(f"final {metric:<10}{final[metric]:.4f}  (last epoch, training batches)")
+    lines += [
+        f"throughput      {summary['images_per_s']} images/s over {summary['wall_time_s']} s",
+        f"unreadable files skipped: {summary['bad_files_skipped']}",
+        f"checkpoint      {summary['checkpoint']}",
+        f"summary         {Path(summary['checkpoint']).parent / 'summary.json'}",
+        f"tensorboard     tensorboard --logdir {Path(summary['checkpoint']).parent / 'tb'}",
+        f"next            ssl-probe --checkpoint {summary['checkpoint']} --freeze all",
+    ]
+    print("\n".join(lines))
+
+
+@user_errors_exit
+def main(argv: list[str] | None = None) -> int:
+    run(parse_config(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Configuration as dataclasses, filled from defaults < YAML file < command-line overrides.
+
+Every field may carry validation metadata (``choices``, ``min``, ``max``, ``gt``); an invalid value
+raises :class:`ConfigError` at start-up naming the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown or out of range; the message is one line for the user."""
+
+
+def option(default: Any, help: str = "", **rules: Any) -> Any:
+    """A dataclass field with a help text and validation rules (choices/min/max/gt)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **rules})
+    return field(default=default, metadata={"help": help, **rules})
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Converts YAML/CLI values (often strings) to the field's declared type."""
+    tp, optional = _strip_optional(tp)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if optional:
+            return None
+        raise ConfigError(f"{name} = None is invalid: a value is required")
+    origin = typing.get_origin(tp)
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if tp is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if tp is float:
+            return float(value)
+        if tp is str:
+            return str(value)
+        if origin is list:
+            (item_tp,) = typing.get_args(tp)
+            if isinstance(value, str):
+                value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+            return [_coerce(name, v, item_tp) for v in value]
+        if origin is dict or tp is dict:
+            if not isinstance(value, dict):
+                raise ValueError
+            return dict(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} = {value!r} is invalid: expected {getattr(tp, '__name__', tp)}") from None
+    return value
+
+
+def _check_rules(name: str, value: Any, meta: typing.Mapping[str, Any], shown: Any) -> None:
+    """Checks ``value`` against the field's rules; messages quote ``shown``, the value as the user wrote it."""
+    if value is None:
+        return
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{name} = {shown!r} is invalid: allowed values are {', '.join(map(str, choices))}")
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if "min" in meta and item < meta["min"]:
+            raise ConfigError(f"{name} = {shown!r} is invalid: must be >= {meta['min']}")
+        if "max" in meta and item > meta["max"]:
+            raise ConfigError(f"{name} = {shown!r} is invalid: must be <= {meta['max']}")
+        if "gt" in meta and item <= meta["gt"]:
+            raise ConfigError(f"{name} = {shown!r} is invalid: must be > {meta['gt']}")
+
+
+def from_dict(cls: type, values: dict[str, Any] | None, prefix: str = "") -> Any:
+    """Builds dataclass ``cls`` from nested ``values``; unknown keys and bad values raise ConfigError."""
+    values = dict(values or {})
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown config field {prefix}{unknown[0]!s}; valid fields of {prefix or 'the config'} are: "
+            f"{', '.join(known)}"
+        )
+    kwargs = {}
+    for name, f in known.items():
+        full = f"{prefix}{name}"
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            sub = values.get(name, {})
+            if dataclasses.is_dataclass(sub):
+                sub = dataclasses.asdict(sub)
+            if not isinstance(sub, dict):
+                raise ConfigError(f"{full} = {sub!r} is invalid: expected a mapping of {tp.__name__} fields")
+            kwargs[name] = from_dict(tp, sub, prefix=f"{full}.")
+            continue
+        if name in values:
+            value = _coerce(full, values[name], tp)
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        else:
+            value = f.default_factory()  # type: ignore[misc]
+        _check_rules(full, value, f.metadata, values.get(name, value))
+        kwargs[name] = value
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate()
+    return obj
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Sets ``tree['a']['b'] = value`` for ``dotted == 'a.b'``, creating levels as needed."""
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {dotted}: {part} is not a section")
+    node[leaf] = value
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at top level")
+    return loaded
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Turns ``["optim.lr=0.1", "pretext.head_hidden=0"]`` into a nested dict (values parsed as YAML)."""
+    tree: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"override {pair!r} is invalid: expected KEY=VALUE, e.g. optim.lr=0.05")
+        key, raw = pair.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        set_dotted(tree, key.strip(), value)
+    return tree
+
+
+# --------------------------------------------------------------------------------------------
+# The configuration shared by every pretext run. Run-level budgets default to the demo preset
+# (minutes on a laptop CPU); paper presets live as YAML files under experiments/.
+
+
+@dataclass
+class DataConfig:
+    data: str = option("demo", "'demo', 'cifar10', 'cifar100', 'stl10' or a folder of images")
+    data_root: str | None = option(None, "cache/download root for demo and torchvision datasets")
+    image_size: int = option(32, "side of the square crop fed to the network", min=8)
+    crop_scale_min: float = option(0.5, "random-resized-crop minimum area fraction", gt=0.0, max=1.0)
+    hflip: bool = option(True, "random horizontal flips")
+    workers: int = option(1, "data loading worker processes per training process", min=0)
+    val_fraction: float = option(0.1, "fraction of train held out as val when the data has no val split", min=0.0, max=0.5)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = option("alexnet_small", "encoder architecture (see selfsup.models.ARCHS)")
+    width: float | None = option(None, "channel-width multiplier (None = the architecture's default)", gt=0.0)
+    channels_last: bool = option(False, "use the channels_last memory format")
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = option("sgd", choices=("sgd", "nesterov", "adam", "adamw"))
+    lr: float = option(0.05, "peak learning rate for the global batch", gt=0.0)
+    momentum: float = option(0.9, min=0.0, max=1.0)
+    weight_decay: float = option(5e-4, min=0.0)
+    schedule: str = option("cosine", choices=("constant", "step", "cosine"))
+    warmup_epochs: float = option(0.0, "linear warm-up length in epochs", min=0.0)
+    milestones: list[float] = option([], "epochs at which a step schedule multiplies the lr by gamma", min=0.0)
+    gamma: float = option(0.1, gt=0.0, max=1.0)
+    grad_clip: float = option(0.0, "max gradient norm; 0 disables clipping", min=0.0)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = option(5, min=1)
+    batch_size: int = option(64, "images per step summed over all processes", min=1)
+    precision: str = option("auto", "auto = bf16 autocast on CUDA, fp32 on CPU", choices=("auto", "fp32", "bf16"))
+    device: str = option("auto", choices=("auto", "cpu", "cuda"))
+    seed: int = option(0, min=0)
+    out: str = option("runs/{task}", "output folder; {task} and {arch} are filled in")
+    checkpoint_every: int = option(100, "also checkpoint every N steps (0 = at epoch ends only)", min=0)
+    log_every: int = option(10, "TensorBoard scalar interval in steps", min=1)
+    resume: bool = option(False, "continue from <out>/last.pt")
+
+
+@dataclass
+class PretrainConfig:
+    task: str = option("rotation", "pretext task")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pretext: dict = option({}, "task-specific options, validated by the task's own config class")
+
+    def validate(self) -> None:
+        from selfsup.models import ARCHS
+        from selfsup.pretext import TASKS
+
+        if self.task not in TASKS:
+            raise ConfigError(f"task = {self.task!r} is invalid: allowed values are {', '.join(TASKS)}")
+        if self.model.arch not in ARCHS:
+            raise ConfigError(f"model.arch = {self.model.arch!r} is invalid: allowed values are {', '.join(ARCHS)}")
+        if self.optim.schedule == "step" and not self.optim.milestones:
+            raise ConfigError("optim.milestones = [] is invalid with optim.schedule = step: give at least one epoch")
+        from_dict(TASKS[self.task].Config, self.pretext, prefix="pretext.")

@@ -1,0 +1,1 @@
+"""Data: the built-in demo set, robust image decoding, dataset sources and loaders."""

@@ -1,0 +1,216 @@
+"""Loaders shared by every task: crops decided per sample from a seed, resumable epoch order, and
+bad files counted instead of crashing the run.
+
+Every random choice of the data pipeline is drawn from a generator seeded by (run seed, epoch,
+sample index), never from a worker's global RNG: the same run gives the same batches whatever
+the number of workers or processes, and a resumed run continues with exactly the batches it
+would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from selfsup.data.images import BadImageError
+from selfsup.data.sources import ImageSource
+
+log = logging.getLogger(__name__)
+
+
+def sample_seed(run_seed: int, epoch: int, index: int) -> int:
+    # A large odd multiplier mixes the three integers without collisions for realistic sizes.
+    return (run_seed * 1_000_003 + epoch) * 2_654_435_761 + index & 0x7FFF_FFFF_FFFF
+
+
+def _uniform(gen: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), generator=gen))
+
+
+def _to_uint8_tensor(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+@dataclass(frozen=True)
+class RandomCrop:
+    """Random-resized crop (area ``scale``, aspect ``ratio``) and optional horizontal flip."""
+
+    size: int
+    scale: tuple[float, float] = (0.5, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: bool = True
+
+    def __call__(self, img: Image.Image, gen: torch.Generator) -> torch.Tensor:
+        width, height = img.size
+        area = width * height
+        box = (0.0, 0.0, float(width), float(height))
+        for _ in range(10):
+            target = area * _uniform(gen, *self.scale)
+            aspect = math.exp(_uniform(gen, math.log(self.ratio[0]), math.log(self.ratio[1])))
+            w = math.sqrt(target * aspect)
+            h = math.sqrt(target / aspect)
+            if w <= width and h <= height:
+                left = _uniform(gen, 0, width - w)
+                top = _uniform(gen, 0, height - h)
+                box = (left, top, left + w, top + h)
+                break
+        # resize with a box crops and scales in one resampling step (and upscales small images)
+        out = img.resize((self.size, self.size), Image.BILINEAR, box=box, reducing_gap=None)
+        if self.hflip and float(torch.rand((), generator=gen)) < 0.5:
+            out = out.transpose(Image.FLIP_LEFT_RIGHT)
+        return _to_uint8_tensor(out)
+
+
+@dataclass(frozen=True)
+class CenterCrop:
+    """Deterministic evaluation view: the central ``crop_fraction`` of the short side, resized."""
+
+    size: int
+    crop_fraction: float = 1.0
+
+    def __call__(self, img: Image.Image, gen: torch.Generator | None = None) -> torch.Tensor:
+        width, height = img.size
+        side = min(width, height) * self.crop_fraction
+        left, top = (width - side) / 2, (height - side) / 2
+        out = img.resize((self.size, self.size), Image.BILINEAR, box=(left, top, left + side, top + side))
+        return _to_uint8_tensor(out)
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor  # uint8, N x 3 x H x W
+    labels: torch.Tensor  # int64, -1 where unlabelled
+    bad_files: list[str] = field(default_factory=list)  # messages of files that could not be decoded
+
+
+class TransformedDataset(Dataset):
+    """Applies a per-sample transform to a source. Items are ``index`` or ``(index, seed)``.
+
+    ``replace_bad=True`` (training) substitutes the next readable image so batch shapes stay
+    fixed across processes; ``False`` (evaluation) drops the file from the batch.
+    """
+
+    def __init__(self, source: ImageSource, transform, *, replace_bad: bool) -> None:
+        self.source = source
+        self.transform = transform
+        self.replace_bad = replace_bad
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, item: int | tuple[int, int]):
+        index, seed = item if isinstance(item, tuple) else (item, item)
+        bad: list[str] = []
+        for attempt in range(len(self.source)):
+            current = (index + attempt) % len(self.source)
+            try:
+                img = self.source.load(current)
+            except BadImageError as exc:
+                bad.append(str(exc))
+                if not self.replace_bad:
+                    return None, -1, bad
+                continue
+            gen = torch.Generator().manual_seed(seed)
+            return self.transform(img, gen), self.source.label(current), bad
+        raise BadImageError(str(getattr(self.source, "describe", lambda: "data")()), "no readable image at all")
+
+
+def collate(items: Sequence[tuple[torch.Tensor | None, int, list[str]]]) -> Batch:
+    kept = [(image, label) for image, label, _ in items if image is not None]
+    bad = [message for _, _, messages in items for message in messages]
+    if kept:
+        images = torch.stack([image for image, _ in kept])
+        labels = torch.tensor([label for _, label in kept], dtype=torch.long)
+    else:
+        images = torch.empty(0, dtype=torch.uint8)
+        labels = torch.empty(0, dtype=torch.long)
+    return Batch(images=images, labels=labels, bad_files=bad)
+
+
+class EpochBatchSampler:
+    """Shuffled batches of (index, sample seed); rank ``r`` of ``w`` takes its slice of each global batch.
+
+    The global order depends only on (seed, epoch): a single process with batch B and two
+    processes with B/2 each see the same images at every step.
+    """
+
+    def __init__(self, num_samples: int, global_batch: int, *, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
+        if global_batch % world_size:
+            raise ValueError(f"train.batch_size = {global_batch} is invalid: must be divisible by the {world_size} processes")
+        if num_samples < global_batch:
+            raise ValueError(
+                f"train.batch_size = {global_batch} is invalid: the data has only {num_samples} images; use a smaller batch"
+            )
+        self.num_samples = num_samples
+        self.global_batch = global_batch
+        self.local_batch = global_batch // world_size
+        self.rank = rank
+        self.seed = seed
+        self.epoch = 0
+        self.start_step = 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_samples // self.global_batch
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch = epoch
+        self.start_step = start_step
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch - self.start_step
+
+    def __iter__(self):
+        order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch))
+        for step in range(self.start_step, self.steps_per_epoch):
+            first = step * self.global_batch + self.rank * self.local_batch
+            block = order[first : first + self.local_batch].tolist()
+            yield [(index, sample_seed(self.seed, self.epoch, index)) for index in block]
+
+
+def train_loader(
+    source: ImageSource, transform, sampler: EpochBatchSampler, *, workers: int, pin_memory: bool
+) -> DataLoader:
+    return DataLoader(
+        TransformedDataset(source, transform, replace_bad=True),
+        batch_sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )
+
+
+def eval_loader(source: ImageSource, transform, *, batch_size: int, workers: int, pin_memory: bool = False) -> DataLoader:
+    return DataLoader(
+        TransformedDataset(source, transform, replace_bad=False),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+    )
+
+
+class BadFileLog:
+    """Counts undecodable files across a run and warns once per file."""
+
+    def __init__(self) -> None:
+        self.messages: set[str] = set()
+
+    def add(self, messages: list[str]) -> None:
+        for message in messages:
+            if message not in self.messages:
+                self.messages.add(message)
+                log.warning("skipped unreadable image (%d so far): %s", len(self.messages), message)
+
+    @property
+    def count(self) -> int:
+        return len(self.messages)

@@ -1,0 +1,131 @@
+"""Encoder interface shared by every backbone family.
+
+An encoder is an ordered chain of stages, one per *tap*: the output of stage
+``i`` is the feature map a probe or pretext head may read under that stage's
+name. Stages are registered directly on the encoder under their tap names so
+that ``state_dict`` keys read like ``conv1.0.weight`` or ``res2.0.conv1.weight``.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+__all__ = ["Encoder"]
+
+
+class Encoder(nn.Module):
+    """A backbone exposing named intermediate feature maps ("taps").
+
+    Args:
+        arch: Name the encoder was built with (recorded for checkpoints/logs).
+        in_channels: Number of input image channels.
+        stages: Stage modules keyed by canonical tap name, in forward order.
+        channels: Output channels of each stage, keyed like ``stages``.
+        aliases: Extra accepted tap names, mapping alias -> canonical name.
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        in_channels: int,
+        stages: Mapping[str, nn.Module],
+        channels: Mapping[str, int],
+        aliases: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__()
+        if set(channels) != set(stages):
+            raise ValueError(f"channels keys {sorted(channels)} do not match stages {list(stages)}")
+        aliases = dict(aliases or {})
+        for alias, target in aliases.items():
+            if target not in stages or alias in stages:
+                raise ValueError(f"bad alias {alias!r} -> {target!r} for stages {list(stages)}")
+        self.arch = arch
+        self.in_channels = in_channels
+        self.layer_names: tuple[str, ...] = tuple(stages)
+        self.aliases: dict[str, str] = aliases
+        self._channels = {name: int(channels[name]) for name in self.layer_names}
+        # Number of leading stages fixed by freeze_through (0 = none).
+        self._num_frozen = 0
+        for name, stage in stages.items():
+            self.add_module(name, stage)
+
+    def canonical(self, name: str) -> str:
+        """Resolve ``name`` (canonical or alias) to its canonical tap name."""
+        if name in self._channels:
+            return name
+        if name in self.aliases:
+            return self.aliases[name]
+        valid = list(self.layer_names) + [f"{a} (= {c})" for a, c in self.aliases.items()]
+        raise ValueError(f"unknown layer {name!r} for {self.arch}; valid names: {', '.join(valid)}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return the unpooled feature map of the last tap."""
+        for name in self.layer_names:
+            x = getattr(self, name)(x)
+        return x
+
+    def forward_taps(self, x: Tensor, taps: Sequence[str]) -> dict[str, Tensor]:
+        """Run one forward pass and return ``{tap: feature map}`` for each requested tap.
+
+        Keys are spelled as the caller spelled them (aliases included). Stages after
+        the deepest requested tap are not computed, so probing ``conv2`` of a deep
+        network costs only the first two stages.
+        """
+        if isinstance(taps, str):
+            raise TypeError("taps must be a sequence of layer names, not a single string")
+        if not taps:
+            raise ValueError("forward_taps needs at least one layer name")
+        resolved = {tap: self.canonical(tap) for tap in taps}
+        last = max(self.layer_names.index(c) for c in resolved.values())
+        features: dict[str, Tensor] = {}
+        for name in self.layer_names[: last + 1]:
+            x = getattr(self, name)(x)
+            features[name] = x
+        return {tap: features[c] for tap, c in resolved.items()}
+
+    def out_channels(self, name: str) -> int:
+        """Channels of the feature map at tap ``name``."""
+        return self._channels[self.canonical(name)]
+
+    def feature_shapes(self, image_size: int) -> dict[str, tuple[int, int, int]]:
+        """``(C, H, W)`` of every canonical tap for a square ``image_size`` input.
+
+        Computed by a dummy forward in eval mode so BatchNorm running stats are not
+        touched; the previous train/eval mode is restored afterwards.
+        """
+        ref = next(self.parameters())
+        x = torch.zeros(1, self.in_channels, image_size, image_size, device=ref.device, dtype=ref.dtype)
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                feats = self.forward_taps(x, self.layer_names)
+        finally:
+            self.train(was_training)
+        return {name: tuple(f.shape[1:]) for name, f in feats.items()}
+
+    def freeze_through(self, name: str) -> None:
+        """Freeze every stage up to and including ``name``.
+
+        Frozen parameters get ``requires_grad=False`` and frozen BatchNorms stay in
+        eval mode across later ``.train()`` calls, so their running statistics are
+        not updated by pretext training. Freezing is cumulative: a later call with a
+        shallower name does not unfreeze anything.
+        """
+        depth = self.layer_names.index(self.canonical(name)) + 1
+        self._num_frozen = max(self._num_frozen, depth)
+        for stage in self.layer_names[: self._num_frozen]:
+            for p in getattr(self, stage).parameters():
+                p.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> Encoder:
+        super().train(mode)
+        for stage in self.layer_names[: self._num_frozen]:
+            for m in getattr(self, stage).modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self

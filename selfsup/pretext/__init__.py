@@ -1,0 +1,29 @@
+"""Pretext tasks: one module per task; ``TASKS`` maps the ``--task`` name to its class."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from selfsup.config import from_dict
+from selfsup.models import Encoder
+from selfsup.pretext.base import PretextTask
+from selfsup.pretext.rotation import RotationTask
+from selfsup.pretext.supervised import SupervisedTask
+
+TASKS: dict[str, type[PretextTask]] = {
+    RotationTask.name: RotationTask,
+    SupervisedTask.name: SupervisedTask,
+}
+
+
+def build_task(name: str, encoder: Encoder, options: dict[str, Any], *, num_classes: int | None = None) -> PretextTask:
+    task_cls = TASKS[name]
+    cfg = from_dict(task_cls.Config, options, prefix="pretext.")
+    if getattr(task_cls, "needs_labels", False):
+        if not num_classes:
+            raise ValueError(f"task {name} needs labelled data (class sub-folders, or a labelled dataset)")
+        return task_cls(encoder, cfg, num_classes)
+    return task_cls(encoder, cfg)
+
+
+__all__ = ["TASKS", "PretextTask", "build_task"]

@@ -1,0 +1,51 @@
+"""What every pretext task provides to the shared engine and to the probes."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from selfsup.models import Encoder
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_rgb(images: Tensor) -> Tensor:
+    """[0, 1] RGB batch -> ImageNet-normalised batch (on the batch's device)."""
+    mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+def accuracy(logits: Tensor, targets: Tensor) -> Tensor:
+    return (logits.argmax(dim=1) == targets).float().mean()
+
+
+class PretextTask(nn.Module):
+    """A pretext task owns its heads and turns a batch of plain images into a loss.
+
+    ``forward(images, labels, generator)`` receives float RGB in [0, 1] on the training device
+    (labels are -1 where unknown; most tasks ignore them) and returns a dict with ``loss`` and
+    detached scalar metrics; ``metric`` names the one shown as the task's accuracy.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    metric: ClassVar[str] = "acc"
+    input_channels: ClassVar[int] = 3
+
+    def __init__(self, encoder: Encoder, cfg) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.cfg = cfg
+
+    def encoder_input(self, images: Tensor) -> Tensor:
+        """What the encoder sees for plain [0, 1] RGB images; probes use the same mapping."""
+        return normalize_rgb(images)
+
+    def example_images(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A few [0, 1] RGB images showing what the network is fed (for TensorBoard)."""
+        return images[:8]

@@ -1,0 +1,184 @@
+"""Frozen-layer linear probes (Zhang et al. protocol): pooled features of a frozen encoder, a
+non-affine BatchNorm and a linear classifier per layer, all layers trained in one pass over the data.
+
+Model selection (the epoch whose head is kept) uses the val split only; test is evaluated once,
+with the selected heads.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from selfsup.data.loading import Batch
+from selfsup.models import Encoder
+
+
+@dataclass(frozen=True)
+class ProbeProtocol:
+    name: str
+    epochs: int
+    batch_size: int
+    lr: float
+    milestones: tuple[int, ...]
+    gamma: float
+    nesterov: bool
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+
+PROTOCOLS = {
+    # the common protocol of the colorization/jigsaw/DeepCluster papers
+    "common": ProbeProtocol("common", epochs=30, batch_size=192, lr=0.01, milestones=(10, 20), gamma=0.1, nesterov=False),
+    # RotNet's: Nesterov, steps at 5/15/25 of 35 epochs (its code divides the lr by 5 at each step)
+    "rotnet": ProbeProtocol("rotnet", epochs=35, batch_size=192, lr=0.01, milestones=(5, 15, 25), gamma=0.2, nesterov=True),
+}
+
+
+class LinearHeads(nn.Module):
+    """One pooling + BatchNorm(affine=False) + Linear head per probed layer."""
+
+    def __init__(self, pools: dict[str, nn.Module], dims: dict[str, int], num_classes: int) -> None:
+        super().__init__()
+        self.pools = nn.ModuleDict(pools)
+        self.heads = nn.ModuleDict(
+            {layer: nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, num_classes)) for layer, dim in dims.items()}
+        )
+
+    def pool(self, feature_maps: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {layer: self.pools[layer](feature_maps[layer].float()) for layer in self.heads}
+
+    def forward(self, pooled: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {layer: head(pooled[layer]) for layer, head in self.heads.items()}
+
+
+def encode(encoder: Encoder, input_fn: Callable[[Tensor], Tensor], heads: LinearHeads, batch: Batch,
+           device: torch.device) -> dict[str, Tensor]:
+    images = batch.images.to(device, non_blocking=True).float().div_(255)
+    with torch.no_grad():
+        return heads.pool(encoder.forward_taps(input_fn(images), list(heads.heads)))
+
+
+@torch.no_grad()
+def extract_features(encoder: Encoder, input_fn: Callable[[Tensor], Tensor], heads: LinearHeads, loader,
+                     device: torch.device, desc: str, on_bad: Callable[[list[str]], None]) -> tuple[dict[str, Tensor], Tensor]:
+    """Pooled features of every image of ``loader`` for every probed layer, on the CPU.
+
+    Stored as bfloat16 to halve the memory of the cache: about three significant digits, which
+    is plenty for features that the probe's BatchNorm rescales anyway.
+    """
+    chunks: dict[str, list[Tensor]] = {layer: [] for layer in heads.heads}
+    labels: list[Tensor] = []
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+        on_bad(batch.bad_files)
+        if batch.images.numel() == 0:
+            continue
+        for layer, features in encode(encoder, input_fn, heads, batch, device).items():
+            chunks[layer].append(features.to(torch.bfloat16).cpu())
+        labels.append(batch.labels)
+    return {layer: torch.cat(parts) for layer, parts in chunks.items()}, torch.cat(labels)
+
+
+def topk_correct(logits: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) -> list[int]:
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hits = top == labels[:, None]
+    return [int(hits[:, :k].any(dim=1).sum()) for k in ks]
+
+
+@torch.no_grad()
+def evaluate(heads: LinearHeads, batches: Iterable[tuple[dict[str, Tensor], Tensor]]) -> dict[str, dict[str, float]]:
+    """Top-1/top-5 (percent) of every head over ``(pooled_features_by_layer, labels)`` batches."""
+    heads.eval()
+    correct = {layer: [0, 0] for layer in heads.heads}
+    total = 0
+    for pooled, target in batches:
+        for layer, logits in heads(pooled).items():
+            top1, top5 = topk_correct(logits, target)
+            correct[layer][0] += top1
+            correct[layer][1] += top5
+        total += len(target)
+    n = max(total, 1)
+    return {layer: {"top1": 100.0 * c[0] / n, "top5": 100.0 * c[1] / n} for layer, c in correct.items()}
+
+
+def train_heads(
+    heads: LinearHeads,
+    train_batches: Callable[[int], object],
+    val_batches: Callable[[], Iterable[tuple[dict[str, Tensor], Tensor]]],
+    protocol: ProbeProtocol,
+    steps_per_epoch: int,
+) -> tuple[dict[str, dict], list[dict]]:
+    """Trains all heads together; keeps, per layer, the head of the epoch with the best val top-1.
+
+    ``train_batches(epoch)`` yields ``(pooled_features_by_layer, labels)`` on ``device``.
+    Returns the best state and epoch per layer, and the per-epoch val history.
+    """
+    params = [p for head in heads.heads.values() for p in head.parameters()]
+    optimizer = torch.optim.SGD(params, lr=protocol.lr, momentum=protocol.momentum, nesterov=protocol.nesterov,
+                                weight_decay=protocol.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, [m * steps_per_epoch for m in protocol.milestones], gamma=protocol.gamma
+    )
+    best = {layer: {"top1": -1.0, "epoch": 0, "state": None} for layer in heads.heads}
+    history = []
+    for epoch in range(protocol.epochs):
+        heads.train()
+        started, seen, loss_sum = time.perf_counter(), 0, 0.0
+        for pooled, labels in train_batches(epoch):
+            logits = heads(pooled)
+            loss = sum(F.cross_entropy(out, labels) for out in logits.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            seen += len(labels)
+            loss_sum += float(loss.detach()) * len(labels)
+        val_scores = evaluate(heads, val_batches())
+        history.append({"epoch": epoch + 1, "train_loss_sum_of_heads": loss_sum / max(seen, 1),
+                        "val_top1": {layer: s["top1"] for layer, s in val_scores.items()},
+                        "seconds": round(time.perf_counter() - started, 2)})
+        for layer, scores in val_scores.items():
+            if scores["top1"] > best[layer]["top1"]:
+                best[layer] = {"top1": scores["top1"], "epoch": epoch + 1,
+                               "state": copy.deepcopy(heads.heads[layer].state_dict())}
+    return best, history
+
+
+def cached_batches(features: dict[str, Tensor], labels: Tensor, batch_size: int, device: torch.device,
+                   shuffle_seed: int | None = None):
+    """Batches of in-memory features; shuffled per epoch (dropping the last partial batch) when a seed is given."""
+
+    def batches(epoch: int = 0):
+        if shuffle_seed is None:
+            order, stop = torch.arange(len(labels)), len(labels)
+        else:
+            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(shuffle_seed * 1009 + epoch))
+            stop = len(labels) - batch_size + 1
+        for start in range(0, max(stop, 0), batch_size):
+            index = order[start : start + batch_size]
+            yield {layer: f[index].to(device).float() for layer, f in features.items()}, labels[index].to(device)
+
+    return batches
+
+
+def streamed_batches(encoder: Encoder, input_fn: Callable[[Tensor], Tensor], heads: LinearHeads, loader,
+                     device: torch.device, on_bad: Callable[[list[str]], None]):
+    """Batches pooled on the fly from a loader (used when features are augmented or too big to cache)."""
+
+    def batches(epoch: int = 0):
+        sampler = getattr(loader, "batch_sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        for batch in loader:
+            on_bad(batch.bad_files)
+            if batch.images.numel():
+                yield encode(encoder, input_fn, heads, batch, device), batch.labels.to(device)
+
+    return batches

@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny labelled image folder made on the fly, and an offline environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def make_image_folder(root: Path, per_class: dict[str, int], size: int = 40, seed: int = 0) -> Path:
+    """Class sub-folders of small RGB PNGs: a triangle pointing up whose height depends on the class."""
+    rng = np.random.default_rng(seed)
+    for split, count in per_class.items():
+        for c in range(3):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = (rng.random((size, size, 3)) * 80).astype(np.uint8)
+                img = Image.fromarray(pixels)
+                x = int(rng.integers(2, size // 2))
+                ImageDraw.Draw(img).polygon([(x, size - 8), (x + 14, size - 8), (x + 7, size - 14 - 6 * c)], fill=(220, 60 * c, 90))
+                img.save(folder / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("tiny"), {"train": 16, "val": 4, "test": 4})

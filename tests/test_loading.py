@@ -1,0 +1,58 @@
+import json
+
+import torch
+from PIL import Image
+
+from selfsup.cli.pretrain import main as pretrain_main
+from selfsup.data.loading import EpochBatchSampler, RandomCrop
+
+
+def test_ranks_take_disjoint_slices_of_the_single_process_batches():
+    single = list(EpochBatchSampler(50, 8, seed=3))
+    ranks = [list(EpochBatchSampler(50, 8, rank=r, world_size=2, seed=3)) for r in range(2)]
+    assert len(single) == len(ranks[0]) == len(ranks[1]) == 6
+    for step, batch in enumerate(single):
+        first, second = ranks[0][step], ranks[1][step]
+        assert first + second == batch
+        assert not {i for i, _ in first} & {i for i, _ in second}
+
+
+def test_epoch_order_changes_with_epoch_and_resumes_mid_epoch():
+    sampler = EpochBatchSampler(40, 4, seed=0)
+    epoch0 = list(sampler)
+    sampler.set_epoch(1)
+    epoch1 = list(sampler)
+    assert epoch0 != epoch1
+    sampler.set_epoch(1, start_step=3)
+    assert list(sampler) == epoch1[3:]
+
+
+def test_crops_depend_only_on_the_sample_seed():
+    img = Image.effect_noise((50, 40), 60).convert("RGB")
+    crop = RandomCrop(16)
+    a = crop(img, torch.Generator().manual_seed(5))
+    b = crop(img, torch.Generator().manual_seed(5))
+    c = crop(img, torch.Generator().manual_seed(6))
+    assert a.dtype == torch.uint8 and a.shape == (3, 16, 16)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_small_images_are_upscaled_to_the_crop():
+    img = Image.new("RGB", (7, 5), (10, 200, 30))
+    assert RandomCrop(32)(img, torch.Generator().manual_seed(0)).shape == (3, 32, 32)
+
+
+def test_training_survives_bad_files_and_counts_them(tiny_folder, tmp_path, capsys):
+    data = tmp_path / "data" / "train" / "class0"
+    data.mkdir(parents=True)
+    for i, path in enumerate(sorted((tiny_folder / "train" / "class0").glob("*.png"))[:12]):
+        (data / f"{i}.png").write_bytes(path.read_bytes())
+    (data / "broken.png").write_bytes((data / "0.png").read_bytes()[:60])
+    (data / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "run"
+    code = pretrain_main(["--data", str(tmp_path / "data"), "--epochs", "1", "--batch-size", "4", "--workers", "0",
+                          "--image-size", "16", "--width", "0.25", "--out", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bad_files_skipped"] == 2
+    assert "unreadable files skipped: 2" in capsys.readouterr().out
