@@ -252,4 +252,5 @@ class PretrainConfig:
             raise ConfigError(f"model.arch = {self.model.arch!r} is invalid: allowed values are {', '.join(ARCHS)}")
         if self.optim.schedule == "step" and not self.optim.milestones:
             raise ConfigError("optim.milestones = [] is invalid with optim.schedule = step: give at least one epoch")
-        from_dict(TASKS[self.task].Config, self.pretext, prefix="pretext.")
+        task_cfg = from_dict(TASKS[self.task].Config, self.pretext, prefix="pretext.")
+        TASKS[self.task].check_image_size(task_cfg, self.data.image_size)

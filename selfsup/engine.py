@@ -189,9 +189,13 @@ class Trainer:
             return
         from torchvision.utils import make_grid
 
+        was_training = self.model.training
+        self.model.eval()
         with torch.no_grad():
-            shown = example(images, step_generator(self.cfg.seed, self.global_step, 0, self.device)).float().clamp(0, 1)
-        self.writer.add_image("inputs", make_grid(shown.cpu(), nrow=4), self.global_step)
+            shown = example(images, step_generator(self.cfg.seed, self.global_step, 0, self.device))
+        self.model.train(was_training)
+        grid = make_grid(shown.images.float().clamp(0, 1).cpu(), nrow=shown.per_row)
+        self.writer.add_image("inputs", grid, self.global_step)
 
     # ---------------------------------------------------------------- training
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -24,6 +25,15 @@ def accuracy(logits: Tensor, targets: Tensor) -> Tensor:
     return (logits.argmax(dim=1) == targets).float().mean()
 
 
+@dataclass
+class Examples:
+    """What a task shows of its inputs: images in [0, 1], one caption each, laid out ``per_row`` a row."""
+
+    images: Tensor  # N x 3 x H x W
+    captions: list[str]
+    per_row: int
+
+
 class PretextTask(nn.Module):
     """A pretext task owns its heads and turns a batch of plain images into a loss.
 
@@ -37,6 +47,10 @@ class PretextTask(nn.Module):
     metric: ClassVar[str] = "acc"
     input_channels: ClassVar[int] = 3
 
+    @classmethod
+    def check_image_size(cls, cfg, image_size: int) -> None:
+        """Raises ConfigError when the task's geometry does not fit ``data.image_size`` crops."""
+
     def __init__(self, encoder: Encoder, cfg) -> None:
         super().__init__()
         self.encoder = encoder
@@ -46,6 +60,8 @@ class PretextTask(nn.Module):
         """What the encoder sees for plain [0, 1] RGB images; probes use the same mapping."""
         return normalize_rgb(images)
 
-    def example_images(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """A few [0, 1] RGB images showing what the network is fed (for TensorBoard)."""
-        return images[:8]
+    def example_images(self, images: Tensor, generator: torch.Generator | None = None) -> Examples:
+        """What the network is fed and asked for a few of ``images`` ([0, 1] RGB), for TensorBoard
+        and ``ssl-inspect``; tasks override this to show their own inputs and targets."""
+        shown = images[:8]
+        return Examples(shown, [""] * len(shown), per_row=4)

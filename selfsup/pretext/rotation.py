@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from selfsup.config import option
 from selfsup.models import Encoder
-from selfsup.pretext.base import PretextTask, accuracy
+from selfsup.pretext.base import Examples, PretextTask, accuracy
 
 NUM_ROTATIONS = 4
 
@@ -62,7 +62,11 @@ class RotationTask(PretextTask):
         loss = F.cross_entropy(logits.float(), targets)
         return {"loss": loss, "acc": accuracy(logits.detach(), targets)}
 
-    def example_images(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        rotated, _ = rotate_batch(images[:4])
+    def example_images(self, images: Tensor, generator: torch.Generator | None = None) -> Examples:
+        rotated, targets = rotate_batch(images[:4])
+        with torch.no_grad():
+            predicted = self.head(self.encoder(self.encoder_input(rotated))).argmax(dim=1)
         # rows of the grid = images, columns = rotations 0/90/180/270
-        return rotated.view(NUM_ROTATIONS, -1, *rotated.shape[1:]).transpose(0, 1).reshape_as(rotated)
+        order = torch.arange(len(rotated)).view(NUM_ROTATIONS, -1).t().reshape(-1)
+        captions = [f"label {int(targets[i])} ({90 * int(targets[i])} deg), predicted {int(predicted[i])}" for i in order]
+        return Examples(rotated[order], captions, per_row=NUM_ROTATIONS)
