@@ -7,10 +7,18 @@ from typing import Any
 from selfsup.config import from_dict
 from selfsup.models import Encoder
 from selfsup.pretext.base import PretextTask
+from selfsup.pretext.colorization import ColorizationTask
+from selfsup.pretext.context import ContextTask
+from selfsup.pretext.counting import CountingTask
+from selfsup.pretext.jigsaw import JigsawTask
 from selfsup.pretext.rotation import RotationTask
 from selfsup.pretext.supervised import SupervisedTask
 
 TASKS: dict[str, type[PretextTask]] = {
+    ColorizationTask.name: ColorizationTask,
+    ContextTask.name: ContextTask,
+    CountingTask.name: CountingTask,
+    JigsawTask.name: JigsawTask,
     RotationTask.name: RotationTask,
     SupervisedTask.name: SupervisedTask,
 }

@@ -1,0 +1,375 @@
+"""Jigsaw puzzles (Noroozi & Favaro, ECCV 2016): which permutation shuffled the 3x3 tiles of a crop.
+
+The crop is split into a 3x3 grid of cells and one tile is cut from each cell at a random offset;
+the tile is smaller than its cell (64 of 75 px in the paper), so neighbouring tiles never touch and
+edge continuity cannot solve the puzzle. Each image draws a permutation from a fixed set chosen for
+maximal Hamming distance, and the nine tiles are fed in that order.
+
+Permutation convention (the one of the authors' Caffe data layer): for ``perm = permutations[label]``,
+position ``i`` of the shuffled sequence holds the tile cut from cell ``perm[i]``; cells are numbered
+row-major (0 = top-left, 2 = top-right, 8 = bottom-right). The inverse, ``argsort(perm)``, puts the
+tiles back in cell order.
+
+Anti-shortcut guards, all on by default: the gaps between tiles (``tile_fraction < 1``), per-tile
+per-channel mean/std normalisation (low-level colour statistics), ~30% of images turned grayscale,
+and the paper's colour jitter against chromatic aberration: each colour channel of a tile is cut at
+its own small spatial offset (+-2 px of a 64 px tile). Photometric jitter (brightness/contrast per
+channel) is not offered: the per-tile per-channel normalisation would undo it exactly.
+
+Network: the encoder is the shared per-tile trunk (the 9 tiles are folded into the batch), conv5 is
+pooled like the paper's pool5 (3x3 max-pool, stride 2, Caffe's ceil rounding: 6x6 -> 3x3 for the
+64 px tiles of ``alexnet_jigsaw``) when the map has at least ``2 * pool_grid`` cells a side, and
+max-pooled adaptively to ``pool_grid x pool_grid`` otherwise (the small tiles of the demo preset);
+then fc6 per tile -> concatenation of the 9 -> fc7 -> classifier over the permutation set, with
+ReLU and dropout after fc6 and fc7 as in the released prototxt.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup.config import ConfigError, option
+from selfsup.models import Encoder
+from selfsup.pretext.base import Examples, PretextTask, accuracy
+
+log = logging.getLogger(__name__)
+
+GRID = 3
+NUM_TILES = GRID * GRID
+NUM_ALL_PERMUTATIONS = math.factorial(NUM_TILES)
+MIN_TILE = 8  # below this a tile holds too little structure to place it
+LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclass
+class JigsawConfig:
+    num_permutations: int = option(
+        1000, "size of the permutation set = number of classes (paper: 1000 best, 100 also studied)",
+        min=2, max=NUM_ALL_PERMUTATIONS,
+    )
+    permutation_seed: int = option(0, "seed of the greedy maximal-Hamming-distance permutation selection", min=0)
+    tile_fraction: float = option(
+        64 / 75, "tile side / cell side (paper: 64 px tiles in 75 px cells); < 1 leaves gaps between tiles", gt=0.0, max=1.0
+    )
+    grayscale_prob: float = option(0.3, "probability that an image is turned grayscale (paper: ~30%)", min=0.0, max=1.0)
+    color_jitter: float = option(
+        2 / 64, "max spatial offset of each colour channel of a tile, as a fraction of the tile side "
+        "(paper: +-2 px of 64, against chromatic aberration); 0 disables", min=0.0, max=0.25,
+    )
+    fc6_dim: int = option(1024, "units of the per-tile fc6 (paper: 1024)", min=1)
+    fc7_dim: int = option(4096, "units of fc7 on the 9 concatenated fc6 outputs (paper: 4096)", min=1)
+    dropout: float = option(0.5, "dropout after fc6 and fc7 (paper: 0.5)", min=0.0, max=0.9)
+    head_bn: bool = option(False, "BatchNorm after fc6 and fc7 (paper: none); makes small-scale runs take off sooner")
+    pool_grid: int = option(3, "side of the pooled conv5 grid fed to fc6 (paper: 3x3 pool5)", min=1)
+
+
+# ----------------------------------------------------------------------------- permutation sets
+
+
+@functools.lru_cache(maxsize=1)
+def _all_permutations() -> np.ndarray:
+    """All 9! permutations in lexicographic order, one per row (uint8 keeps it at 3 MB)."""
+    return np.array(list(itertools.permutations(range(NUM_TILES))), dtype=np.uint8)
+
+
+def hamming_permutations(n: int, seed: int) -> np.ndarray:
+    """``n`` permutations of the 9 tiles chosen greedily for maximal Hamming distance (n x 9, int64).
+
+    Starts from a random permutation and repeatedly adds the candidate (out of all 9!) whose
+    minimum Hamming distance to the chosen set is largest; ties are broken by the seeded RNG, so
+    the set depends on ``(n, seed)`` only. A chosen permutation has distance 0 to the set and any
+    two distinct ones differ in >= 2 positions, so nothing is picked twice.
+    """
+    if not 1 <= n <= NUM_ALL_PERMUTATIONS:
+        raise ValueError(f"a permutation set of the 9 tiles has 1..{NUM_ALL_PERMUTATIONS} members, got {n}")
+    candidates = _all_permutations()
+    columns = np.ascontiguousarray(candidates.T)  # one contiguous row per tile position: fast compares
+    rng = np.random.default_rng(seed)
+    min_distance = np.full(len(candidates), NUM_TILES + 1, dtype=np.int8)
+    distance = np.empty(len(candidates), dtype=np.int8)
+    differs = np.empty(len(candidates), dtype=bool)
+    chosen = np.empty(n, dtype=np.int64)
+    pick = int(rng.integers(len(candidates)))
+    for i in range(n):
+        chosen[i] = pick
+        distance.fill(0)
+        for position in range(NUM_TILES):
+            np.not_equal(columns[position], columns[position, pick], out=differs)
+            distance += differs
+        np.minimum(min_distance, distance, out=min_distance)
+        ties = np.flatnonzero(min_distance == min_distance.max())
+        pick = int(ties[rng.integers(len(ties))])
+    return candidates[chosen].astype(np.int64)
+
+
+def hamming_stats(permutations: np.ndarray | Tensor) -> tuple[int, float]:
+    """(minimum, mean) Hamming distance over all pairs of distinct members of the set."""
+    perms = np.asarray(permutations)
+    if len(perms) < 2:
+        raise ValueError("Hamming distances need at least two permutations")
+    distances = (perms[:, None, :] != perms[None, :, :]).sum(-1)
+    pairs = distances[np.triu_indices(len(perms), k=1)]
+    return int(pairs.min()), float(pairs.mean())
+
+
+def permutation_cache_dir() -> Path:
+    """$SELFSUP_CACHE_DIR, else $XDG_CACHE_HOME/selfsup, else ~/.cache/selfsup; then ``permutations/``."""
+    if os.environ.get("SELFSUP_CACHE_DIR"):
+        root = Path(os.environ["SELFSUP_CACHE_DIR"]).expanduser()
+    elif os.environ.get("XDG_CACHE_HOME"):
+        root = Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "selfsup"
+    else:
+        root = Path.home() / ".cache" / "selfsup"
+    return root / "permutations"
+
+
+def _is_permutation_set(perms: np.ndarray, n: int) -> bool:
+    if perms.shape != (n, NUM_TILES) or not np.issubdtype(perms.dtype, np.integer):
+        return False
+    return bool((np.sort(perms, axis=1) == np.arange(NUM_TILES)).all()) and len(np.unique(perms, axis=0)) == n
+
+
+def permutation_set(n: int, seed: int) -> np.ndarray:
+    """The greedy maximal-Hamming set of ``n`` permutations for ``seed``, from the on-disk cache.
+
+    The cache file is written atomically (temporary file + rename), so concurrent runs never read a
+    half-written set; a damaged or unreadable file is regenerated, an unwritable cache only warned about.
+    """
+    path = permutation_cache_dir() / f"hamming_{n}_seed{seed}.npy"
+    perms = None
+    if path.is_file():
+        try:
+            perms = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            log.warning("permutation cache %s is unreadable (%s); regenerating it", path, exc)
+        if perms is not None and not _is_permutation_set(perms, n):
+            log.warning("permutation cache %s does not hold %d distinct permutations; regenerating it", path, n)
+            perms = None
+    source = f"cache {path}"
+    if perms is None:
+        perms = hamming_permutations(n, seed)
+        source = "generated"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    np.save(handle, perms)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            source = f"generated, cached at {path}"
+        except OSError as exc:
+            log.warning("could not cache the permutation set at %s: %s", path, exc)
+    if n > 1:
+        low, mean = hamming_stats(perms)
+        log.info("jigsaw permutation set: %d permutations (seed %d), Hamming distance min %d, mean %.3f (%s)",
+                 n, seed, low, mean, source)
+    return perms.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- puzzle inputs
+
+
+def tile_geometry(image_size: int, tile_fraction: float) -> tuple[int, int]:
+    """(cell side, tile side) in pixels for square ``image_size`` crops."""
+    cell = image_size // GRID
+    return cell, max(1, min(cell, round(cell * tile_fraction)))
+
+
+def standardize(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """Each channel of each image (or tile) to zero mean and unit std over its own pixels."""
+    mean = x.mean(dim=(-2, -1), keepdim=True)
+    std = x.std(dim=(-2, -1), keepdim=True, unbiased=False)
+    return (x - mean) / (std + eps)
+
+
+def to_grayscale(images: Tensor, prob: float, generator: torch.Generator | None) -> Tensor:
+    """Replaces each image by its luma in all three channels with probability ``prob``."""
+    chosen = torch.rand(images.shape[0], generator=generator, device=images.device) < prob
+    luma = (images * images.new_tensor(LUMA).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+    return torch.where(chosen.view(-1, 1, 1, 1), luma.expand_as(images), images)
+
+
+def cut_tiles(images: Tensor, tile_fraction: float, color_jitter: float, generator: torch.Generator | None) -> Tensor:
+    """One tile per cell of the 3x3 grid at a random offset inside the cell: N x 9 x C x t x t, cell order.
+
+    Every colour channel of a tile is shifted by its own offset of up to ``color_jitter * t`` pixels,
+    clamped so that it stays inside the tile's cell. One gather for the whole batch.
+    """
+    n, channels, height, width = images.shape
+    if height != width:
+        raise ValueError(f"jigsaw needs square crops, got {height}x{width}")
+    cell, tile = tile_geometry(height, tile_fraction)
+    device = images.device
+    margin = (height - GRID * cell) // 2  # centres the grid when the side is not a multiple of 3
+    cell_index = torch.arange(NUM_TILES, device=device)
+    cell_origin = margin + cell * torch.stack([cell_index // GRID, cell_index % GRID], dim=-1)  # 9 x (y, x)
+    offset = torch.randint(0, cell - tile + 1, (n, NUM_TILES, 1, 2), generator=generator, device=device)
+    shift = round(color_jitter * tile)
+    if shift:
+        offset = offset + torch.randint(-shift, shift + 1, (n, NUM_TILES, channels, 2), generator=generator, device=device)
+    offset = offset.clamp(0, cell - tile).expand(n, NUM_TILES, channels, 2)
+    origin = cell_origin.view(1, NUM_TILES, 1, 2) + offset  # N x 9 x C x (y, x)
+    steps = torch.arange(tile, device=device)
+    rows = (origin[..., 0, None] + steps).unsqueeze(-1)  # N x 9 x C x t x 1
+    cols = (origin[..., 1, None] + steps).unsqueeze(-2)  # N x 9 x C x 1 x t
+    batch = torch.arange(n, device=device).view(n, 1, 1, 1, 1)
+    channel = torch.arange(channels, device=device).view(1, 1, channels, 1, 1)
+    return images[batch, channel, rows, cols]
+
+
+def shuffle_tiles(tiles: Tensor, permutations: Tensor, labels: Tensor) -> Tensor:
+    """Position ``i`` of image ``b``'s output holds its tile ``permutations[labels[b], i]``."""
+    order = permutations[labels]
+    return tiles[torch.arange(len(tiles), device=tiles.device)[:, None], order]
+
+
+def unshuffle_tiles(shuffled: Tensor, permutations: Tensor, labels: Tensor) -> Tensor:
+    """Inverse of :func:`shuffle_tiles`: the tiles back in cell order."""
+    inverse = permutations[labels].argsort(dim=1)
+    return shuffled[torch.arange(len(shuffled), device=shuffled.device)[:, None], inverse]
+
+
+def make_puzzles(
+    images: Tensor, permutations: Tensor, cfg: JigsawConfig, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """Shuffled tiles (N x 9 x 3 x t x t, in [0, 1], not yet normalised) and their permutation labels."""
+    images = to_grayscale(images, cfg.grayscale_prob, generator)
+    tiles = cut_tiles(images, cfg.tile_fraction, cfg.color_jitter, generator)
+    labels = torch.randint(0, len(permutations), (len(images),), generator=generator, device=images.device)
+    return shuffle_tiles(tiles, permutations.to(images.device), labels), labels
+
+
+def layout_tiles(tiles: Tensor, image_size: int, background: float = 1.0) -> Tensor:
+    """A 9 x C x t x t sequence drawn as a 3x3 picture: position ``i`` in row ``i // 3``, column ``i % 3``."""
+    cell = image_size // GRID
+    tile = tiles.shape[-1]
+    canvas = tiles.new_full((tiles.shape[1], image_size, image_size), background)
+    start = (image_size - GRID * cell) // 2 + (cell - tile) // 2
+    for i in range(NUM_TILES):
+        top, left = start + cell * (i // GRID), start + cell * (i % GRID)
+        canvas[:, top : top + tile, left : left + tile] = tiles[i]
+    return canvas
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+class TilePool(nn.Module):
+    """conv5 -> ``grid x grid``: the paper's pool5 where the map is large enough, adaptive max-pool otherwise."""
+
+    def __init__(self, grid: int) -> None:
+        super().__init__()
+        self.grid = grid
+
+    def forward(self, x: Tensor) -> Tensor:
+        if min(x.shape[-2:]) >= 2 * self.grid:
+            x = F.max_pool2d(x, kernel_size=3, stride=2, ceil_mode=True)
+        return F.adaptive_max_pool2d(x, self.grid)
+
+
+def fully_connected(in_features: int, out_features: int, batch_norm: bool, dropout: float) -> nn.Sequential:
+    """Linear -> (BatchNorm) -> ReLU -> Dropout, the fc6/fc7 blocks of the paper's network."""
+    layers: list[nn.Module] = [nn.Linear(in_features, out_features, bias=not batch_norm)]
+    if batch_norm:
+        layers.append(nn.BatchNorm1d(out_features))
+    layers += [nn.ReLU(inplace=True), nn.Dropout(dropout)]
+    return nn.Sequential(*layers)
+
+
+class JigsawTask(PretextTask):
+    name = "jigsaw"
+    Config = JigsawConfig
+
+    @classmethod
+    def check_image_size(cls, cfg: JigsawConfig, image_size: int) -> None:
+        _, tile = tile_geometry(image_size, cfg.tile_fraction)
+        if tile < MIN_TILE:
+            smallest = next(s for s in itertools.count(GRID) if tile_geometry(s, cfg.tile_fraction)[1] >= MIN_TILE)
+            raise ConfigError(
+                f"data.image_size = {image_size} is invalid: jigsaw needs tiles of at least {MIN_TILE} px "
+                f"(tile_fraction {cfg.tile_fraction:.3f} of a third of the crop); use data.image_size >= {smallest}"
+            )
+
+    def __init__(self, encoder: Encoder, cfg: JigsawConfig) -> None:
+        super().__init__(encoder, cfg)
+        perms = permutation_set(cfg.num_permutations, cfg.permutation_seed)
+        # Stored with the weights: a checkpoint names the permutation behind each of its classes.
+        self.register_buffer("permutations", torch.from_numpy(perms))
+        self.pool = TilePool(cfg.pool_grid)
+        features = encoder.out_channels(encoder.layer_names[-1]) * cfg.pool_grid**2
+        self.fc6 = fully_connected(features, cfg.fc6_dim, cfg.head_bn, cfg.dropout)
+        self.fc7 = fully_connected(NUM_TILES * cfg.fc6_dim, cfg.fc7_dim, cfg.head_bn, cfg.dropout)
+        self.classifier = nn.Linear(cfg.fc7_dim, cfg.num_permutations)
+        self._checked_tiles: set[int] = set()
+
+    def encoder_input(self, images: Tensor) -> Tensor:
+        # The trunk only ever saw tiles normalised on their own statistics; whole images get the same.
+        return standardize(images)
+
+    def _check_trunk(self, tile: int, image_size: int) -> None:
+        """A readable error instead of a pooling traceback when the tiles are too small for the encoder."""
+        if tile in self._checked_tiles:
+            return
+        try:
+            self.encoder.feature_shapes(tile)
+        except RuntimeError:
+            raise ConfigError(
+                f"data.image_size = {image_size} is invalid: jigsaw cuts {tile} px tiles from it, too small for "
+                f"model.arch = {self.encoder.arch}; use larger crops (the paper's 64 px tiles need 225 px) "
+                f"or an encoder for small inputs such as alexnet_small"
+            ) from None
+        self._checked_tiles.add(tile)
+
+    def logits(self, tiles: Tensor) -> Tensor:
+        """Permutation logits for normalised N x 9 x C x t x t tile sequences."""
+        n = tiles.shape[0]
+        features = self.pool(self.encoder(tiles.flatten(0, 1))).flatten(1)
+        return self.classifier(self.fc7(self.fc6(features).view(n, -1)))
+
+    def puzzles(self, images: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """What the network is fed (normalised shuffled tiles) and the permutation labels it must predict."""
+        tiles, labels = make_puzzles(images, self.permutations, self.cfg, generator)
+        self._check_trunk(tiles.shape[-1], images.shape[-1])
+        return self.encoder_input(tiles), labels
+
+    def forward(self, images: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        tiles, targets = self.puzzles(images, generator)
+        logits = self.logits(tiles)
+        loss = F.cross_entropy(logits.float(), targets)
+        return {"loss": loss, "acc": accuracy(logits.detach(), targets)}
+
+    def example_images(self, images: Tensor, generator: torch.Generator | None = None) -> Examples:
+        shown = images[:4]
+        size = shown.shape[-1]
+        tiles, labels = self.puzzles(shown, generator)
+        predicted = self.logits(tiles).argmax(dim=1)
+        # normalised tiles shown at +-2.5 std around mid-grey: what the trunk sees, contrast included
+        visible = (0.5 + tiles / 5).clamp(0, 1)
+        restored = unshuffle_tiles(visible, self.permutations, predicted)
+        panels, captions = [], []
+        for i in range(len(shown)):
+            label, guess = int(labels[i]), int(predicted[i])
+            perm = " ".join(str(int(p)) for p in self.permutations[label])
+            verdict = "correct" if guess == label else "wrong"
+            panels += [shown[i], layout_tiles(visible[i], size), layout_tiles(restored[i], size)]
+            captions += [
+                "original crop",
+                f"input: permutation {label} = ({perm}); position i holds cell perm[i]",
+                f"put back by predicted {guess} ({verdict})",
+            ]
+        return Examples(torch.stack(panels), captions, per_row=3)
