@@ -222,7 +222,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = option(5, min=1)
+    epochs: int = option(4, min=1)
     batch_size: int = option(64, "images per step summed over all processes", min=1)
     precision: str = option("auto", "auto = bf16 autocast on CUDA, fp32 on CPU", choices=("auto", "fp32", "bf16"))
     device: str = option("auto", choices=("auto", "cpu", "cuda"))
