@@ -10,9 +10,17 @@ from PIL import Image, ImageDraw, ImageFont
 from selfsup.pretext.base import Examples
 
 
+def _caption_font() -> ImageFont.ImageFont:
+    # Pillow's bundled scalable font when FreeType is available; the bitmap fallback squeezes spaces.
+    try:
+        return ImageFont.load_default(size=11)
+    except (TypeError, ImportError, OSError):
+        return ImageFont.load_default()
+
+
 def render_examples(examples: Examples, title: str, cell: int = 128) -> Image.Image:
     """A grid of the examples, each scaled to ``cell`` px (nearest neighbour, so pixels stay visible) and captioned."""
-    font = ImageFont.load_default()
+    font = _caption_font()
     images = examples.images.detach().float().clamp(0, 1).cpu()
     count, per_row = len(images), max(1, examples.per_row)
     rows = -(-count // per_row)
