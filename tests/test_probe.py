@@ -52,3 +52,11 @@ def test_probe_refuses_unlabelled_data(tiny_checkpoint, tmp_path, tiny_folder, c
         (flat / f"{i}.png").write_bytes(path.read_bytes())
     assert probe_main(["--checkpoint", str(tiny_checkpoint), "--data", str(flat)]) == 2
     assert "labelled" in capsys.readouterr().err
+
+
+def test_random_baseline_can_be_fed_like_a_one_channel_task(tiny_folder, tmp_path):
+    out = tmp_path / "random_l.json"
+    assert probe_main(["--checkpoint", "random", "--input-like", "colorization", "--width", "0.25", "--image-size", "16",
+                       "--data", str(tiny_folder), "--freeze", "conv2", *FAST, "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["encoder"]["in_channels"] == 1 and record["pretraining"]["task"]["input"] == "colorization"

@@ -36,6 +36,7 @@ from selfsup.probes.linear import (
     streamed_batches,
     train_heads,
 )
+from selfsup.pretext import TASKS
 from selfsup.probes.pooling import PRESETS, build_pool
 
 
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cache pooled features in memory up to this size; above it they are streamed")
     parser.add_argument("--arch", default=ModelConfig.arch, help="encoder for --checkpoint random")
     parser.add_argument("--width", type=float, default=None, help="width multiplier for --checkpoint random")
+    parser.add_argument("--input-like", default="rotation", choices=sorted(TASKS),
+                        help="for --checkpoint random: feed the encoder as this task does (e.g. colorization: L only)")
     parser.add_argument("--image-size", type=int, default=DataConfig.image_size,
                         help="input size for --checkpoint random (a checkpoint uses its own)")
     parser.add_argument("--eval-crop", type=float, default=None,
@@ -78,7 +81,8 @@ def default_out(args: argparse.Namespace, frozen: FrozenEncoder) -> Path:
     if args.out:
         return Path(args.out)
     if frozen.name == "random":
-        return Path("runs") / f"random-{args.arch}" / f"probe_{args.freeze}.json"
+        suffix = "" if args.input_like == "rotation" else f"-{args.input_like}-input"
+        return Path("runs") / f"random-{args.arch}{suffix}" / f"probe_{args.freeze}.json"
     return Path(frozen.checkpoint).parent / f"probe_{args.freeze}.json"
 
 
@@ -86,7 +90,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     device = pick_device(args.device)
     seed_everything(args.seed)
-    frozen = load_frozen(args.checkpoint, arch=args.arch, width=args.width, image_size=args.image_size, seed=args.seed)
+    frozen = load_frozen(args.checkpoint, arch=args.arch, width=args.width, image_size=args.image_size, seed=args.seed,
+                         input_task=args.input_like)
     frozen.encoder.to(device).eval()
     layers = probe_layers(frozen, args.freeze)
     trained_on = frozen.record.get("data", {})

@@ -10,8 +10,7 @@ from torch import Tensor
 
 from selfsup.checkpoint import load_checkpoint
 from selfsup.models import Encoder, build_encoder
-from selfsup.pretext import build_task
-from selfsup.pretext.base import normalize_rgb
+from selfsup.pretext import TASKS, build_task
 
 
 @dataclass
@@ -24,13 +23,20 @@ class FrozenEncoder:
     record: dict[str, Any]
 
 
-def load_frozen(checkpoint: str, *, arch: str, width: float | None, image_size: int, seed: int) -> FrozenEncoder:
-    """``checkpoint == "random"`` gives a randomly initialised ``arch``; otherwise the checkpoint's own."""
+def load_frozen(checkpoint: str, *, arch: str, width: float | None, image_size: int, seed: int,
+                input_task: str = "rotation") -> FrozenEncoder:
+    """``checkpoint == "random"`` gives a randomly initialised ``arch`` fed as ``input_task`` feeds its
+    encoder (RGB for most tasks, L for colorization), so that random rows compare like with like;
+    otherwise the checkpoint's own encoder and input mapping."""
     if checkpoint == "random":
         torch.manual_seed(seed)
-        encoder = build_encoder(arch, width=width).eval()
-        record = {"encoder": {"arch": arch, "width": width, "in_channels": 3}, "task": {"name": "random"}}
-        return FrozenEncoder(encoder, normalize_rgb, image_size, "random", "random", record)
+        task_cls = TASKS[input_task]
+        encoder = build_encoder(arch, in_channels=task_cls.input_channels, width=width)
+        # the task is built only for its input mapping; its heads are discarded
+        input_fn = build_task(input_task, encoder, {}, num_classes=1).encoder_input
+        record = {"encoder": {"arch": arch, "width": width, "in_channels": task_cls.input_channels},
+                  "task": {"name": "random", "input": input_task}}
+        return FrozenEncoder(encoder.eval(), input_fn, image_size, "random", "random", record)
     state = load_checkpoint(checkpoint)
     if "encoder" not in state or "task" not in state:
         raise ValueError(f"{checkpoint} is not an ssl-pretrain checkpoint (no encoder/task record)")
