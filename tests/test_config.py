@@ -62,7 +62,40 @@ def test_cli_reports_a_missing_data_path_in_one_line(tmp_path):
     assert last.startswith("error: ") and str(missing) in last
 
 
-@pytest.mark.parametrize("preset", sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    "preset", sorted([*(ROOT / "experiments").rglob("*.yaml"), *(ROOT / "selfsup" / "presets").glob("*/*.yaml")]),
+    ids=lambda p: f"{p.parent.name}/{p.name}",
+)
 def test_every_committed_preset_is_valid(preset):
-    cfg = parse_config(["--config", str(preset)])
+    # experiment budgets (experiments/*_tasks/) are layered on the demo preset, as their script runs them
+    layered = ["--preset", "demo"] if preset.parent.name.endswith("_tasks") else []
+    cfg = parse_config(["--config", str(preset), *layered])
     assert cfg.task
+
+
+@pytest.mark.parametrize("task", ["jigsaw", "context", "counting", "colorization"])
+def test_a_task_alone_gets_its_demo_preset_and_flags_still_win(task):
+    from selfsup.presets import load_preset
+
+    preset = load_preset("demo", task)
+    assert preset, f"no demo preset for {task}"
+    cfg = parse_config(["--task", task])
+    assert cfg.data.image_size == preset.get("data", {}).get("image_size", 32)
+    assert cfg.train.epochs == preset.get("train", {}).get("epochs", 4)
+    assert parse_config(["--task", task, "--epochs", "7"]).train.epochs == 7
+    assert parse_config(["--task", task, "--preset", "none", "--image-size", "64"]).pretext == {}
+
+
+def test_a_config_file_replaces_the_demo_preset(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("task: jigsaw\n")
+    assert parse_config(["--config", str(path)]).pretext == {}
+    assert parse_config(["--config", str(path), "--preset", "demo"]).pretext["num_permutations"] == 100
+
+
+def test_an_unknown_preset_is_refused_by_name():
+    with pytest.raises(ConfigError, match="--preset = 'tiny' is invalid: allowed values are none, demo"):
+        parse_config(["--task", "jigsaw", "--preset", "tiny"])

@@ -14,10 +14,11 @@ import torch
 
 from selfsup.checkpoint import load_checkpoint
 from selfsup.cli.common import user_errors_exit
-from selfsup.config import DataConfig, ModelConfig, PretrainConfig, from_dict, merge, parse_overrides
+from selfsup.config import DataConfig, PretrainConfig, from_dict, merge, parse_overrides, set_dotted
 from selfsup.data.loading import RandomCrop, TransformedDataset, collate
 from selfsup.data.sources import open_splits
 from selfsup.models import build_encoder
+from selfsup.presets import load_preset
 from selfsup.pretext import TASKS, build_task
 from selfsup.visualize import render_examples
 
@@ -28,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", help="an ssl-pretrain checkpoint: its task, options and weights are used")
     parser.add_argument("--data", default="demo")
     parser.add_argument("--data-root", default=None)
-    parser.add_argument("--image-size", type=int, default=None, help="crop size (default: the checkpoint's, else the demo preset's)")
-    parser.add_argument("--arch", default=ModelConfig.arch)
+    parser.add_argument("--image-size", type=int, default=None, help="crop size (default: the checkpoint's, else the task's demo preset's)")
+    parser.add_argument("--arch", default=None, help="encoder (default: the task's demo preset's)")
     parser.add_argument("--count", type=int, default=4, help="number of source images")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config field, e.g. pretext.head_pool=1")
     parser.add_argument("--seed", type=int, default=0)
@@ -51,8 +52,12 @@ def run(args: argparse.Namespace) -> Path:
         image_size = args.image_size or state.get("image_size", DataConfig.image_size)
     else:
         task_name = args.task or "rotation"
-        values = merge({"task": task_name, "model": {"arch": args.arch},
-                        "data": {"image_size": args.image_size or DataConfig.image_size}}, parse_overrides(args.set))
+        values = merge(load_preset("demo", task_name), {"task": task_name})
+        if args.arch:
+            set_dotted(values, "model.arch", args.arch)
+        if args.image_size:
+            set_dotted(values, "data.image_size", args.image_size)
+        values = merge(values, parse_overrides(args.set))
         cfg = from_dict(PretrainConfig, values)
         torch.manual_seed(args.seed)
         encoder = build_encoder(cfg.model.arch, in_channels=TASKS[task_name].input_channels, width=cfg.model.width)

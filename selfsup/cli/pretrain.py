@@ -23,6 +23,7 @@ from selfsup.data.sources import open_splits
 from selfsup.distributed import init_distributed, shutdown
 from selfsup.engine import Trainer
 from selfsup.models import build_encoder
+from selfsup.presets import load_preset
 from selfsup.pretext import TASKS, build_task
 
 FLAGS: dict[str, tuple[str, type, str]] = {
@@ -50,13 +51,20 @@ def parse_config(argv: list[str] | None) -> PretrainConfig:
     parser.add_argument("--config", help="YAML file of config fields (e.g. experiments/*.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any field, e.g. --set optim.schedule=step --set pretext.head_hidden=0")
+    parser.add_argument("--preset", default=None,
+                        help="run-level preset of the task (selfsup/presets/NAME/TASK.yaml): 'demo' (the default "
+                             "without --config: CPU-sized runs that learn in minutes) or 'none' (dataclass defaults)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     add_overrides(parser, FLAGS)
     args = parser.parse_args(argv)
-    values: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    file_values: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    set_values = parse_overrides(args.set)
+    task = args.task or set_values.get("task") or file_values.get("task") or PretrainConfig.task
+    # a --config file is a complete preset of its own; without one the task's demo preset applies
+    values = merge(load_preset(args.preset or ("none" if args.config else "demo"), str(task)), file_values)
     for dotted, value in given_overrides(args, FLAGS).items():
         set_dotted(values, dotted, value)
-    values = merge(values, parse_overrides(args.set))
+    values = merge(values, set_values)
     cfg = from_dict(PretrainConfig, values)
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--width", type=float, default=None, help="width multiplier for --checkpoint random")
     parser.add_argument("--input-like", default="rotation", choices=sorted(TASKS),
                         help="for --checkpoint random: feed the encoder as this task does (e.g. colorization: L only)")
-    parser.add_argument("--image-size", type=int, default=DataConfig.image_size,
-                        help="input size for --checkpoint random (a checkpoint uses its own)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help=f"probe input size (default: the checkpoint's training crop size; {DataConfig.image_size} "
+                             "for --checkpoint random); set it to compare encoders trained at different sizes")
     parser.add_argument("--eval-crop", type=float, default=None,
                         help="central fraction of the short side kept at evaluation (default 1.0 below 96 px, else 0.875)")
     parser.add_argument("--workers", type=int, default=1)

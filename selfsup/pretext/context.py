@@ -60,8 +60,8 @@ class ContextConfig:
         "green-magenta, or none", choices=("drop", "project", "none"),
     )
     drop_noise_std: float = option(
-        1.0, "std of the noise replacing dropped channels / std of the kept channel as fed, i.e. after "
-        "normalisation (paper: ~0.01, an almost flat channel; 1 = noise of matching std)", min=0.0,
+        0.01, "std of the noise replacing dropped channels / std of the kept channel as fed, i.e. after "
+        "normalisation (paper: ~1/100, an almost flat channel; 1 = noise of matching std)", min=0.0,
     )
     downsample_prob: float = option(0.5, "probability that a patch is downsampled and upsampled back "
                                     "(paper: 'some patches')", min=0.0, max=1.0)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from selfsup.checkpoint import load_checkpoint
+from selfsup.config import DataConfig
 from selfsup.models import Encoder, build_encoder
 from selfsup.pretext import TASKS, build_task
 
@@ -23,11 +24,12 @@ class FrozenEncoder:
     record: dict[str, Any]
 
 
-def load_frozen(checkpoint: str, *, arch: str, width: float | None, image_size: int, seed: int,
+def load_frozen(checkpoint: str, *, arch: str, width: float | None, image_size: int | None, seed: int,
                 input_task: str = "rotation") -> FrozenEncoder:
     """``checkpoint == "random"`` gives a randomly initialised ``arch`` fed as ``input_task`` feeds its
     encoder (RGB for most tasks, L for colorization), so that random rows compare like with like;
-    otherwise the checkpoint's own encoder and input mapping."""
+    otherwise the checkpoint's own encoder and input mapping. ``image_size = None`` probes a
+    checkpoint at its training crop size and a random encoder at the demo preset's."""
     if checkpoint == "random":
         torch.manual_seed(seed)
         task_cls = TASKS[input_task]
@@ -36,7 +38,7 @@ def load_frozen(checkpoint: str, *, arch: str, width: float | None, image_size: 
         input_fn = build_task(input_task, encoder, {}, num_classes=1).encoder_input
         record = {"encoder": {"arch": arch, "width": width, "in_channels": task_cls.input_channels},
                   "task": {"name": "random", "input": input_task}}
-        return FrozenEncoder(encoder.eval(), input_fn, image_size, "random", "random", record)
+        return FrozenEncoder(encoder.eval(), input_fn, image_size or DataConfig.image_size, "random", "random", record)
     state = load_checkpoint(checkpoint)
     if "encoder" not in state or "task" not in state:
         raise ValueError(f"{checkpoint} is not an ssl-pretrain checkpoint (no encoder/task record)")
@@ -47,5 +49,6 @@ def load_frozen(checkpoint: str, *, arch: str, width: float | None, image_size: 
     task.eval()
     record = {key: state[key] for key in ("encoder", "task", "image_size", "data", "command", "git_commit", "global_step", "epoch")
               if key in state}
-    return FrozenEncoder(task.encoder, task.encoder_input, state.get("image_size", image_size), task_spec["name"],
+    size = image_size or state.get("image_size", DataConfig.image_size)
+    return FrozenEncoder(task.encoder, task.encoder_input, size, task_spec["name"],
                          str(checkpoint), record)
