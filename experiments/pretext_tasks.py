@@ -2,15 +2,18 @@
 encoders fed as the tasks feed theirs (RGB, and L only for colorization).
 
 Each task trains with its demo preset (``selfsup/presets/demo/<task>.yaml``: crop size, optimiser,
-task knobs) and the budget in ``experiments/<dataset>_tasks/<task>.yaml``: a number of epochs per
-task chosen so that every task gets about the same minutes of this 2-core CPU
-(the tasks differ in cost per image: rotation feeds 4 views, jigsaw 9 tiles, counting 5 half-size
-views, context 2 patches, colorization 1 L image). All probes run at the dataset's native size and
-the same protocol. Records go to experiments/records/<dataset>_tasks/, the table to
-experiments/results/<dataset>_tasks.md, rebuilt from the records alone with --table-only.
+task knobs). On CIFAR-10 the budget comes from ``experiments/cifar10_tasks/<task>.yaml``: a number of
+epochs per task chosen so that every task gets about the same minutes of this 2-core CPU (the tasks
+differ in cost per image: rotation feeds 4 views, jigsaw 9 tiles, counting 5 half-size views, context
+2 patches, colorization 1 L image), and every probe runs at CIFAR's 32 px. On the demo set each task
+runs exactly as `ssl-pretrain --task NAME` does and is probed at its own crop size, beside random
+encoders at 32 and 64 px. Records go to experiments/records/<dataset>_tasks/, the table to
+experiments/results/<dataset>_tasks.md, rebuilt from the records alone with --table-only; an optional
+experiments/<dataset>_tasks/NOTES.md is appended to the table.
 
-    python experiments/pretext_tasks.py --dataset cifar10                         # all tasks (~75 min)
+    python experiments/pretext_tasks.py --dataset cifar10                         # all tasks (~80 min)
     python experiments/pretext_tasks.py --dataset cifar10 --tasks jigsaw counting # some of them
+    python experiments/pretext_tasks.py --dataset demo                            # the defaults (~25 min)
     python experiments/pretext_tasks.py --dataset cifar10 --table-only
 """
 
@@ -24,36 +27,48 @@ from pathlib import Path
 
 from rotation_vs_random import HERE, LAYERS, cifar_folder, run, tool
 
-TASKS = ("rotation", "jigsaw", "context", "counting", "colorization")
-# random baselines: name -> the task whose input mapping the random encoder is fed with
-RANDOM_ROWS = {"random": "rotation", "random_L": "colorization"}
+TASKS = ("rotation", "jigsaw", "context", "counting", "colorization", "deepcluster")
 DATASETS = {
     "cifar10": {
+        # every checkpoint is probed at CIFAR's native 32 px, whatever its training crop
         "probe_size": 32,
+        # random baselines: record name -> (task whose input mapping the encoder is fed, probe size)
+        "random": {"random": ("rotation", 32), "random_L": ("colorization", 32)},
         "splits": "CIFAR-10: pretraining on all 50,000 train images; probes trained on 45,000, "
         "selected on 5,000 held out of train, reported on the 10,000 test images",
     },
+    "demo": {
+        # what a user gets from `ssl-pretrain --task NAME` then `ssl-probe`: each checkpoint at its own crop size
+        "probe_size": None,
+        "random": {"random_32": ("rotation", 32), "random_64": ("rotation", 64), "random_L_32": ("colorization", 32)},
+        "splits": "demo set: 5,000 train / 1,000 val / 1,000 test images, 10 classes",
+    },
 }
-CHANCE = {"rotation": "25%", "jigsaw": "1/num_permutations", "context": "12.5%", "counting": "50%", "colorization": "-"}
+CHANCE = {"rotation": "25%", "jigsaw": "1% (100 permutations)", "context": "12.5%", "counting": "50%",
+          "colorization": "-", "deepcluster": "1/k"}
 
 
-def baseline_for(task: str) -> str:
-    return "random_L" if task == "colorization" else "random"
+def baseline_for(dataset: str, probe: dict) -> str | None:
+    """The random row fed like ``probe``'s encoder (L for colorization, else RGB) at the same size."""
+    wanted = ("colorization" if probe["encoder"]["in_channels"] == 1 else "rotation", probe["image_size"])
+    return next((name for name, spec in DATASETS[dataset]["random"].items() if tuple(spec) == wanted), None)
 
 
 def pretrain_and_probe(task: str, dataset: str, data: str, runs: Path, records: Path) -> None:
     out = runs / task
-    config = f"experiments/{dataset}_tasks/{task}.yaml"
-    run([tool("ssl-pretrain"), "--preset", "demo", "--config", config, "--data", data, "--out", str(out)])
+    budget = HERE / f"{dataset}_tasks" / f"{task}.yaml"
+    config = ["--preset", "demo", "--config", str(budget.relative_to(HERE.parent))] if budget.is_file() else []
+    run([tool("ssl-pretrain"), "--task", task, *config, "--data", data, "--out", str(out)])
     shutil.copy(out / "summary.json", records / f"pretrain_{task}.json")
+    size = DATASETS[dataset]["probe_size"]
     run([tool("ssl-probe"), "--checkpoint", str(out / "last.pt"), "--freeze", "all", "--data", data,
-         "--image-size", str(DATASETS[dataset]["probe_size"]), "--out", str(records / f"probe_{task}.json")])
+         *(["--image-size", str(size)] if size else []), "--out", str(records / f"probe_{task}.json")])
 
 
 def probe_random(name: str, dataset: str, data: str, records: Path) -> None:
+    input_like, size = DATASETS[dataset]["random"][name]
     run([tool("ssl-probe"), "--checkpoint", "random", "--freeze", "all", "--data", data,
-         "--input-like", RANDOM_ROWS[name], "--image-size", str(DATASETS[dataset]["probe_size"]),
-         "--out", str(records / f"probe_{name}.json")])
+         "--input-like", input_like, "--image-size", str(size), "--out", str(records / f"probe_{name}.json")])
 
 
 def write_table(dataset: str) -> Path:
@@ -70,23 +85,24 @@ def write_table(dataset: str) -> Path:
         "",
         "Top-1 (%) on the **test** split; each layer's head is the epoch with the best **val** top-1. "
         "Δ = best layer minus the best layer of the random encoder fed the same input "
-        "(RGB; L only for colorization).",
+        "(RGB; L only for colorization) at the same probe size.",
         "",
         "| encoder | " + " | ".join(LAYERS) + " | best | Δ vs random | pretrain min |",
         "|---|" + "---|" * (len(LAYERS) + 3),
     ]
-    labels = {"random": "random init (RGB)", "random_L": "random init (L input)"}
-    for method in [*RANDOM_ROWS, *TASKS]:
+    labels = {name: f"random init ({'L' if like == 'colorization' else 'RGB'} input, {size} px)"
+              for name, (like, size) in DATASETS[dataset]["random"].items()}
+    for method in [*DATASETS[dataset]["random"], *TASKS]:
         if method not in probes:
             continue
         scores = [probes[method]["layers"][layer]["test_top1"] for layer in LAYERS]
-        base = baseline_for(method)
-        delta = f"{best[method] - best[base]:+.2f}" if method in TASKS and base in best else ""
+        base = baseline_for(dataset, probes[method]) if method in TASKS else None
+        delta = f"{best[method] - best[base]:+.2f} ({base})" if base in best else ""
         minutes = f"{pretrains[method]['wall_time_s'] / 60:.1f}" if method in pretrains else ""
         lines.append(f"| {labels.get(method, method)} | " + " | ".join(f"{s:.2f}" for s in scores)
                      + f" | {best[method]:.2f} | {delta} | {minutes} |")
     lines += ["", "## Pretraining runs", "",
-              "| task | epochs | steps | min | images/s | pretext metric (last epoch, training batches) | chance |",
+              "| task | epochs | steps | min | images/s | pretext metric (epoch averages over training batches) | chance |",
               "|---|---|---|---|---|---|---|"]
     for task in TASKS:
         if task not in pretrains:
@@ -94,8 +110,14 @@ def write_table(dataset: str) -> Path:
         record = pretrains[task]
         metric = {"counting": "count_acc"}.get(task, "acc")
         value = record["final"].get(metric)
+        first = record["history"][0]
+        shown = f"{metric} {100 * first[metric]:.1f}% (epoch 1) → {100 * value:.1f}%"
+        if "nmi_labels" in first:
+            seconds = sum(e["cluster_s"] + e["extract_s"] for e in record["history"]) / len(record["history"])
+            shown += (f"; NMI with the labels {first['nmi_labels']:.3f} → {record['final']['nmi_labels']:.3f}; "
+                      f"feature pass + k-means {seconds:.1f} s per epoch")
         lines.append(f"| {task} | {record['epochs']} | {record['steps']} | {record['wall_time_s'] / 60:.1f} | "
-                     f"{record['images_per_s']} | {metric} {100 * value:.1f}% | {CHANCE[task]} |")
+                     f"{record['images_per_s']} | {shown} | {CHANCE[task]} |")
     lines += ["", "## How it was produced", ""]
     for task in TASKS:
         if task in pretrains:
@@ -130,23 +152,30 @@ def write_table(dataset: str) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="cifar10")
-    parser.add_argument("--data", help="override the data folder (default: CIFAR-10 extracted from ../shared/data)")
+    parser.add_argument("--data", help="override the data (default: demo, or CIFAR-10 extracted from ../shared/data)")
     parser.add_argument("--scratch", default="/tmp/selfsup-cifar10", help="where the CIFAR-10 archive is extracted")
     parser.add_argument("--runs", default="runs/experiments", help="folder for checkpoints and logs (not committed)")
-    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
-    parser.add_argument("--random", nargs="*", choices=sorted(RANDOM_ROWS), default=sorted(RANDOM_ROWS),
-                        help="random baselines to probe (default: both)")
+    parser.add_argument("--tasks", nargs="*", choices=TASKS,
+                        help="tasks to run (default: every task; on CIFAR-10, those with a budget file)")
+    parser.add_argument("--random", nargs="*", help="random baselines to probe (default: all of the dataset's)")
     parser.add_argument("--table-only", action="store_true", help="rebuild the table from the committed records")
     args = parser.parse_args()
     os.chdir(HERE.parent)  # the configs and recorded commands use paths relative to the repository
+    unknown = sorted(set(args.random or []) - set(DATASETS[args.dataset]["random"]))
+    if unknown:
+        parser.error(f"--random {unknown[0]} is not a baseline of {args.dataset}: {', '.join(DATASETS[args.dataset]['random'])}")
     if not args.table_only:
-        data = args.data or str(cifar_folder(Path(args.scratch)))
+        data = args.data or ("demo" if args.dataset == "demo" else str(cifar_folder(Path(args.scratch))))
         records = HERE / "records" / f"{args.dataset}_tasks"
         records.mkdir(parents=True, exist_ok=True)
         runs = Path(args.runs) / f"{args.dataset}_tasks"
-        for task in args.tasks:
+        tasks = args.tasks
+        if tasks is None:
+            with_budget = [t for t in TASKS if (HERE / f"{args.dataset}_tasks" / f"{t}.yaml").is_file()]
+            tasks = list(TASKS) if args.dataset == "demo" else with_budget
+        for task in tasks:
             pretrain_and_probe(task, args.dataset, data, runs, records)
-        for name in args.random:
+        for name in DATASETS[args.dataset]["random"] if args.random is None else args.random:
             probe_random(name, args.dataset, data, records)
     print(write_table(args.dataset).read_text())
 

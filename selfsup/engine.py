@@ -1,6 +1,13 @@
 """The training loop shared by every pretext task. It knows nothing about any task: a task is an
 ``nn.Module`` whose forward maps ``(images, labels, generator)`` to a dict holding ``loss`` and
-scalar metrics, and may offer ``example_images`` for TensorBoard.
+scalar metrics, and may offer:
+
+- ``example_images(images, generator)`` for TensorBoard;
+- ``prepare_epoch(context: EpochContext) -> EpochPlan`` called before every epoch (and again when a
+  run resumes inside one), for epoch-level steps such as clustering the whole dataset; the plan may
+  fix the epoch's sampling order and adds metrics to the epoch's log;
+- ``batch_labels(indices, labels)`` to replace a batch's labels (e.g. by pseudo-labels) from the
+  source indices of its images.
 """
 
 from __future__ import annotations
@@ -11,7 +18,8 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +31,8 @@ from tqdm import tqdm
 
 from selfsup.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from selfsup.config import OptimConfig, TrainConfig
-from selfsup.data.loading import BadFileLog, EpochBatchSampler, train_loader
-from selfsup.data.sources import ImageSource
+from selfsup.data.loading import Batch, BadFileLog, EpochBatchSampler, eval_loader, train_loader
+from selfsup.data.sources import ImageSource, IndexedSource
 from selfsup.distributed import DistInfo, all_reduce_sum
 from selfsup.optim import build_optimizer, build_scheduler
 
@@ -46,6 +54,64 @@ def step_generator(seed: int, step: int, rank: int, device: torch.device) -> tor
     gen = torch.Generator(device=device)
     gen.manual_seed((seed * 1_000_003 + step) * 64 + rank)
     return gen
+
+
+@dataclass
+class EpochPlan:
+    """A task's answer to ``prepare_epoch``: the epoch's sampling order (source indices, identical on
+    every process; None = a plain shuffle) and metrics to log for the epoch."""
+
+    order: torch.Tensor | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EpochContext:
+    """What ``prepare_epoch`` may use: the whole training source seen through ``feature_view`` (no
+    random augmentation), this process's place in the job, and a way to drop optimiser state."""
+
+    epoch: int
+    device: torch.device
+    dist: DistInfo
+    source: ImageSource
+    feature_view: Callable
+    batch_size: int  # per process
+    workers: int
+    precision: str
+    seed: int
+    reset_optimizer_state: Callable[[Iterable[nn.Parameter]], None]
+
+    def shard_batches(self) -> Iterator[Batch]:
+        """This process's share of the source (every ``world_size``-th index from ``rank``), in order;
+        images as uint8 on the CPU, ``Batch.indices`` says which source index each one is."""
+        shard = list(range(self.dist.rank, len(self.source), self.dist.world_size))
+        loader = eval_loader(IndexedSource(self.source, shard, "shard"), self.feature_view, batch_size=self.batch_size,
+                             workers=self.workers, pin_memory=self.device.type == "cuda")
+        for batch in loader:
+            batch.indices = torch.as_tensor(shard)[batch.indices]
+            yield batch
+
+    def autocast(self):
+        return autocast_context(self.precision, self.device)
+
+    def gather_rows(self, rows: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Every process's ``rows`` (one per source index in ``indices``) on every process, in index
+        order: the result does not depend on how the source was sharded."""
+        rows, indices = rows.cpu(), indices.cpu()
+        if self.dist.enabled:
+            parts: list[Any] = [None] * self.dist.world_size
+            dist.all_gather_object(parts, (rows, indices))
+            rows = torch.cat([part[0] for part in parts])
+            indices = torch.cat([part[1] for part in parts])
+        return rows[torch.argsort(indices)]
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every process."""
+        if not self.dist.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
 
 @dataclass
@@ -95,8 +161,13 @@ class Trainer:
         dist_info: DistInfo,
         record: dict[str, Any],
         channels_last: bool = False,
+        feature_view=None,
     ) -> None:
+        """``feature_view``: the deterministic transform of whole-source passes in ``prepare_epoch``."""
         self.cfg = train_cfg
+        self.source = source
+        self.feature_view = feature_view
+        self.workers = workers
         self.dist = dist_info
         self.device = dist_info.device
         self.out_dir = Path(out_dir)
@@ -128,6 +199,7 @@ class Trainer:
         self.elapsed_before = 0.0
         self.images_seen = 0
         self.writer = None
+        self.epoch_metrics: dict[str, float] = {}
 
     # ---------------------------------------------------------------- checkpoints
     @property
@@ -198,6 +270,32 @@ class Trainer:
         self.writer.add_image("inputs", grid, self.global_step)
 
     # ---------------------------------------------------------------- training
+    def _prepare_epoch(self) -> EpochPlan:
+        hook = getattr(self.model, "prepare_epoch", None)
+        if hook is None:
+            return EpochPlan()
+        if self.feature_view is None:
+            raise ValueError(f"{type(self.model).__name__} prepares its epochs, but the Trainer got no feature_view")
+        context = EpochContext(
+            epoch=self.epoch, device=self.device, dist=self.dist, source=self.source, feature_view=self.feature_view,
+            batch_size=self.sampler.local_batch, workers=self.workers, precision=self.cfg.precision,
+            seed=self.cfg.seed, reset_optimizer_state=self._reset_optimizer_state,
+        )
+        plan = hook(context)
+        self.epoch_metrics = dict(plan.metrics)
+        if self.epoch_metrics and self.dist.is_main:
+            shown = "  ".join(f"{k} {v:.4g}" for k, v in self.epoch_metrics.items())
+            print(f"epoch {self.epoch + 1}/{self.cfg.epochs} prepared: {shown}", file=sys.stderr)
+            if self.writer is not None:
+                for name, value in self.epoch_metrics.items():
+                    self.writer.add_scalar(f"epoch/{name}", value, self.epoch + 1)
+        return plan
+
+    def _reset_optimizer_state(self, params: Iterable[nn.Parameter]) -> None:
+        """Forgets momentum (and Adam moments) of ``params``, e.g. of a layer that was re-initialised."""
+        for param in params:
+            self.optimizer.state.pop(param, None)
+
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         gen = step_generator(self.cfg.seed, self.global_step, self.dist.rank, self.device)
         with autocast_context(self.cfg.precision, self.device):
@@ -230,8 +328,10 @@ class Trainer:
         self._open_writer()
         interactive = sys.stderr.isatty()
         run_start_step = self.global_step
+        relabel = getattr(self.model, "batch_labels", None)
         while self.epoch < self.cfg.epochs:
-            self.sampler.set_epoch(self.epoch, self.step_in_epoch)
+            plan = self._prepare_epoch()
+            self.sampler.set_epoch(self.epoch, self.step_in_epoch, plan.order)
             self.model.train()
             bar = tqdm(
                 total=self.steps_per_epoch,
@@ -249,6 +349,8 @@ class Trainer:
                 if self.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 labels = batch.labels.to(self.device, non_blocking=True)
+                if relabel is not None:
+                    labels = relabel(batch.indices.to(self.device, non_blocking=True), labels)
                 if self.step_in_epoch == 0:
                     self._log_images(images)
                 outputs = self._train_step(images, labels)
@@ -293,7 +395,8 @@ class Trainer:
     def _end_epoch(self) -> None:
         averages = self.meter.averages()
         elapsed = self.elapsed_before + time.perf_counter() - self._started
-        entry = {"epoch": self.epoch + 1, "step": self.global_step, **averages, "elapsed_s": round(elapsed, 1)}
+        entry = {"epoch": self.epoch + 1, "step": self.global_step, **averages, **self.epoch_metrics,
+                 "elapsed_s": round(elapsed, 1)}
         self.history.append(entry)
         if self.writer is not None:
             for name, value in averages.items():

@@ -76,7 +76,7 @@ def test_every_committed_preset_is_valid(preset):
     assert cfg.task
 
 
-@pytest.mark.parametrize("task", ["jigsaw", "context", "counting", "colorization"])
+@pytest.mark.parametrize("task", ["jigsaw", "context", "counting", "colorization", "deepcluster"])
 def test_a_task_alone_gets_its_demo_preset_and_flags_still_win(task):
     from selfsup.presets import load_preset
 

@@ -112,7 +112,10 @@ def test_anti_shortcut_guards_are_on_by_default():
 
 def test_color_dropping_keeps_exactly_one_normalised_channel_and_noises_the_others():
     torch.manual_seed(0)
-    task = build_task("context", build_encoder("alexnet_small", width=0.25), {"downsample_prob": 0.0})
+    assert build_task("context", build_encoder("alexnet_small", width=0.25), {}).cfg.drop_noise_std == 0.01  # paper
+    # noise of unit std (relative to the kept channel) makes the checks below sharp
+    task = build_task("context", build_encoder("alexnet_small", width=0.25),
+                      {"downsample_prob": 0.0, "drop_noise_std": 1.0})
     patches = smooth_patches(64, 16)
     fed = task.prepare_patches(patches, torch.Generator().manual_seed(1))
     normalised = normalize_per_patch(patches)
@@ -148,7 +151,7 @@ def test_per_patch_normalisation_gives_zero_mean_unit_std_per_channel():
     patches = smooth_patches(16, 15) * 0.3 + 0.5
     for fed in (
         normalize_per_patch(patches),
-        build_task("context", build_encoder("alexnet_small", width=0.25), {})
+        build_task("context", build_encoder("alexnet_small", width=0.25), {"drop_noise_std": 1.0})
         .prepare_patches(patches, torch.Generator().manual_seed(0)),
     ):
         assert fed.mean(dim=(2, 3)).abs().max() < 0.3  # noise channels: sample mean of ~225 normals

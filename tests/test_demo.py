@@ -69,6 +69,7 @@ def _voc_ids(root: Path, split: str) -> list[str]:
 # --------------------------------------------------------------------------- generation
 
 
+@pytest.mark.slow  # a wall-clock limit: meaningful on an otherwise idle machine only
 def test_generation_time(generated: tuple[Path, float]) -> None:
     _, seconds = generated
     assert seconds < GENERATION_LIMIT_S, f"demo generation took {seconds:.1f}s"

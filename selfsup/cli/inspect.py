@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -60,9 +61,11 @@ def run(args: argparse.Namespace) -> Path:
         values = merge(values, parse_overrides(args.set))
         cfg = from_dict(PretrainConfig, values)
         torch.manual_seed(args.seed)
-        encoder = build_encoder(cfg.model.arch, in_channels=TASKS[task_name].input_channels, width=cfg.model.width)
+        task_cls = TASKS[task_name]
+        task_cfg = task_cls.fit_to_data(from_dict(task_cls.Config, cfg.pretext, prefix="pretext."), len(splits.pretrain))
+        encoder = build_encoder(cfg.model.arch, in_channels=task_cls.encoder_channels(task_cfg), width=cfg.model.width)
         num_classes = len(splits.train.classes) if splits.train else None
-        task = build_task(task_name, encoder, cfg.pretext, num_classes=num_classes)
+        task = build_task(task_name, encoder, dataclasses.asdict(task_cfg), num_classes=num_classes)
         image_size = cfg.data.image_size
     dataset = TransformedDataset(splits.pretrain, RandomCrop(image_size), replace_bad=True)
     # spread over the source, which is usually sorted by class

@@ -18,7 +18,7 @@ import yaml
 from selfsup.checkpoint import seed_everything
 from selfsup.cli.common import add_overrides, command_line, git_commit, given_overrides, machine_description, user_errors_exit
 from selfsup.config import PretrainConfig, from_dict, load_yaml, merge, parse_overrides, set_dotted, to_dict
-from selfsup.data.loading import RandomCrop
+from selfsup.data.loading import CenterCrop, RandomCrop
 from selfsup.data.sources import open_splits
 from selfsup.distributed import init_distributed, shutdown
 from selfsup.engine import Trainer
@@ -81,13 +81,15 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
     source = splits.train if needs_labels else splits.pretrain
     if source is None:
         raise ValueError(f"task {cfg.task} needs labelled data, but {cfg.data.data} has no class sub-folders")
-    encoder = build_encoder(cfg.model.arch, in_channels=task_cls.input_channels, width=cfg.model.width)
-    task = build_task(cfg.task, encoder, cfg.pretext, num_classes=len(source.classes) or None)
+    task_cfg = task_cls.fit_to_data(from_dict(task_cls.Config, cfg.pretext, prefix="pretext."), len(source))
+    in_channels = task_cls.encoder_channels(task_cfg)
+    encoder = build_encoder(cfg.model.arch, in_channels=in_channels, width=cfg.model.width)
+    task = build_task(cfg.task, encoder, dataclasses.asdict(task_cfg), num_classes=len(source.classes) or None)
     out_dir = Path(cfg.train.out.format(task=cfg.task, arch=cfg.model.arch))
     record = {
         "kind": "pretrain",
         "task": {"name": cfg.task, "options": dataclasses.asdict(task.cfg), "num_classes": len(source.classes) or None},
-        "encoder": {"arch": cfg.model.arch, "width": cfg.model.width, "in_channels": task_cls.input_channels},
+        "encoder": {"arch": cfg.model.arch, "width": cfg.model.width, "in_channels": in_channels},
         "image_size": cfg.data.image_size,
         "config": to_dict(cfg),
         "data": {"spec": cfg.data.data, "root": cfg.data.data_root, "source": source.describe(), "notes": splits.notes},
@@ -115,6 +117,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
         dist_info=dist_info,
         record=record,
         channels_last=cfg.model.channels_last,
+        feature_view=CenterCrop(cfg.data.image_size),
     )
     summary = trainer.fit()
     if dist_info.is_main:

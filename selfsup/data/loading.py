@@ -88,6 +88,7 @@ class Batch:
     images: torch.Tensor  # uint8, N x 3 x H x W
     labels: torch.Tensor  # int64, -1 where unlabelled
     bad_files: list[str] = field(default_factory=list)  # messages of files that could not be decoded
+    indices: torch.Tensor | None = None  # int64 source index of each image (a replaced bad file's substitute)
 
 
 class TransformedDataset(Dataset):
@@ -115,23 +116,25 @@ class TransformedDataset(Dataset):
             except BadImageError as exc:
                 bad.append(str(exc))
                 if not self.replace_bad:
-                    return None, -1, bad
+                    return None, -1, bad, index
                 continue
             gen = torch.Generator().manual_seed(seed)
-            return self.transform(img, gen), self.source.label(current), bad
+            return self.transform(img, gen), self.source.label(current), bad, current
         raise BadImageError(str(getattr(self.source, "describe", lambda: "data")()), "no readable image at all")
 
 
-def collate(items: Sequence[tuple[torch.Tensor | None, int, list[str]]]) -> Batch:
-    kept = [(image, label) for image, label, _ in items if image is not None]
-    bad = [message for _, _, messages in items for message in messages]
+def collate(items: Sequence[tuple[torch.Tensor | None, int, list[str], int]]) -> Batch:
+    kept = [(image, label, index) for image, label, _, index in items if image is not None]
+    bad = [message for _, _, messages, _ in items for message in messages]
     if kept:
-        images = torch.stack([image for image, _ in kept])
-        labels = torch.tensor([label for _, label in kept], dtype=torch.long)
+        images = torch.stack([image for image, _, _ in kept])
+        labels = torch.tensor([label for _, label, _ in kept], dtype=torch.long)
+        indices = torch.tensor([index for _, _, index in kept], dtype=torch.long)
     else:
         images = torch.empty(0, dtype=torch.uint8)
         labels = torch.empty(0, dtype=torch.long)
-    return Batch(images=images, labels=labels, bad_files=bad)
+        indices = torch.empty(0, dtype=torch.long)
+    return Batch(images=images, labels=labels, bad_files=bad, indices=indices)
 
 
 class EpochBatchSampler:
@@ -155,24 +158,35 @@ class EpochBatchSampler:
         self.seed = seed
         self.epoch = 0
         self.start_step = 0
+        self.order: torch.Tensor | None = None
 
     @property
     def steps_per_epoch(self) -> int:
         return self.num_samples // self.global_batch
 
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+    def set_epoch(self, epoch: int, start_step: int = 0, order: torch.Tensor | None = None) -> None:
+        """``order``: this epoch's sequence of source indices (``num_samples`` of them, the same on every
+        process), for tasks that choose what to sample; None = a shuffle of every index."""
+        if order is not None and len(order) != self.num_samples:
+            raise ValueError(f"an epoch order has {len(order)} indices, expected {self.num_samples}")
         self.epoch = epoch
         self.start_step = start_step
+        self.order = order
 
     def __len__(self) -> int:
         return self.steps_per_epoch - self.start_step
 
     def __iter__(self):
-        order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch))
+        order = self.order
+        if order is None:
+            order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch))
         for step in range(self.start_step, self.steps_per_epoch):
             first = step * self.global_batch + self.rank * self.local_batch
             block = order[first : first + self.local_batch].tolist()
-            yield [(index, sample_seed(self.seed, self.epoch, index)) for index in block]
+            if self.order is None:
+                yield [(index, sample_seed(self.seed, self.epoch, index)) for index in block]
+            else:  # an index drawn twice in one epoch gets two different crops
+                yield [(index, sample_seed(self.seed, self.epoch, first + i)) for i, index in enumerate(block)]
 
 
 def train_loader(

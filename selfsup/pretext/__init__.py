@@ -10,6 +10,7 @@ from selfsup.pretext.base import PretextTask
 from selfsup.pretext.colorization import ColorizationTask
 from selfsup.pretext.context import ContextTask
 from selfsup.pretext.counting import CountingTask
+from selfsup.pretext.deepcluster import DeepClusterTask
 from selfsup.pretext.jigsaw import JigsawTask
 from selfsup.pretext.rotation import RotationTask
 from selfsup.pretext.supervised import SupervisedTask
@@ -18,6 +19,7 @@ TASKS: dict[str, type[PretextTask]] = {
     ColorizationTask.name: ColorizationTask,
     ContextTask.name: ContextTask,
     CountingTask.name: CountingTask,
+    DeepClusterTask.name: DeepClusterTask,
     JigsawTask.name: JigsawTask,
     RotationTask.name: RotationTask,
     SupervisedTask.name: SupervisedTask,

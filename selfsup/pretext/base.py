@@ -48,6 +48,17 @@ class PretextTask(nn.Module):
     input_channels: ClassVar[int] = 3
 
     @classmethod
+    def encoder_channels(cls, cfg) -> int:
+        """Input channels of the encoder this task trains, given its config."""
+        return cls.input_channels
+
+    @classmethod
+    def fit_to_data(cls, cfg, num_samples: int):
+        """The config with data-dependent defaults resolved (e.g. a number of clusters from the
+        dataset size); what is returned is what checkpoints record."""
+        return cfg
+
+    @classmethod
     def check_image_size(cls, cfg, image_size: int) -> None:
         """Raises ConfigError when the task's geometry does not fit ``data.image_size`` crops."""
 

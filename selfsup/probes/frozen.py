@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -9,7 +10,7 @@ import torch
 from torch import Tensor
 
 from selfsup.checkpoint import load_checkpoint
-from selfsup.config import DataConfig
+from selfsup.config import DataConfig, from_dict
 from selfsup.models import Encoder, build_encoder
 from selfsup.pretext import TASKS, build_task
 
@@ -33,10 +34,12 @@ def load_frozen(checkpoint: str, *, arch: str, width: float | None, image_size: 
     if checkpoint == "random":
         torch.manual_seed(seed)
         task_cls = TASKS[input_task]
-        encoder = build_encoder(arch, in_channels=task_cls.input_channels, width=width)
-        # the task is built only for its input mapping; its heads are discarded
-        input_fn = build_task(input_task, encoder, {}, num_classes=1).encoder_input
-        record = {"encoder": {"arch": arch, "width": width, "in_channels": task_cls.input_channels},
+        # the task is built only for its input mapping; its heads (sized for a nominal dataset) are discarded
+        task_cfg = task_cls.fit_to_data(from_dict(task_cls.Config, {}), num_samples=1000)
+        in_channels = task_cls.encoder_channels(task_cfg)
+        encoder = build_encoder(arch, in_channels=in_channels, width=width)
+        input_fn = build_task(input_task, encoder, dataclasses.asdict(task_cfg), num_classes=1).encoder_input
+        record = {"encoder": {"arch": arch, "width": width, "in_channels": in_channels},
                   "task": {"name": "random", "input": input_task}}
         return FrozenEncoder(encoder.eval(), input_fn, image_size or DataConfig.image_size, "random", "random", record)
     state = load_checkpoint(checkpoint)

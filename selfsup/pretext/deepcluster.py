@@ -1,0 +1,216 @@
+"""DeepCluster (Caron, Bojanowski, Joulin & Douze, ECCV 2018).
+
+Before every epoch (or every ``reassign_every`` epochs) the features of the whole training set are
+extracted without augmentation (AlexNet: fc7 after ReLU; ResNet: the pooled last stage), PCA-whitened
+to 256 dimensions, L2-normalised and clustered with k-means; the cluster ids become the labels of the
+epoch, sampled uniformly over the non-empty clusters, and the classifier on top is re-initialised
+because its classes have changed meaning. A fixed Sobel front-end (grey + horizontal and vertical
+gradients, 2 channels) removes colour, which k-means would otherwise cluster on.
+
+The engine hosts this through its task-agnostic hooks: ``prepare_epoch`` (the clustering step, which
+returns the epoch's sampling order) and ``batch_labels`` (source index -> pseudo-label). The current
+assignment is a buffer of the module, so checkpoints hold it and ``--resume`` inside an epoch does not
+recluster.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from selfsup.config import ConfigError, option
+from selfsup.engine import EpochContext, EpochPlan
+from selfsup.models import Encoder
+from selfsup.pretext.base import Examples, PretextTask, accuracy, normalize_rgb
+from selfsup.pretext.clustering import kmeans, l2_normalize, nmi, pca_whiten, uniform_cluster_order
+
+MAX_AUTO_CLUSTERS = 10_000  # the paper's k for ImageNet
+MIN_AUTO_CLUSTERS = 100
+
+
+@dataclass
+class DeepClusterConfig:
+    num_clusters: int = option(
+        0, "k of k-means; 0 = auto: one cluster per 50 training images, at least 100 and at most 10000 "
+        "(paper: 10000 on ImageNet's 1.28 M images)", min=0)
+    pca_dim: int = option(256, "PCA dimensions kept (and whitened) before k-means (paper: 256)", min=1)
+    kmeans_iters: int = option(20, "k-means iterations (faiss's default; the paper's code: 20)", min=1)
+    kmeans_backend: str = option("auto", "auto = faiss (on the GPU when faiss-gpu is installed), else scikit-learn",
+                                 choices=("auto", "faiss", "sklearn"))
+    reassign_every: int = option(1, "recluster every N epochs (paper: 1)", min=1)
+    sobel: bool = option(True, "fixed Sobel front-end: grey + 2 gradient channels (paper: on)")
+    head_pool: int = option(6, "adaptive max-pool side of the last feature map before fc6 (paper: 6, AlexNet's pool5)",
+                            min=1)
+    mlp_dim: int = option(
+        -1, "units of fc6 and fc7, whose output is clustered; 0 = none (cluster the globally pooled last stage), "
+        "-1 = auto: 4096 for AlexNet encoders (paper), 0 for ResNets", min=-1)
+    dropout: float = option(0.5, "dropout before fc6 and fc7 (paper: 0.5)", min=0.0, max=0.99)
+
+
+def auto_num_clusters(num_samples: int) -> int:
+    return min(num_samples, MAX_AUTO_CLUSTERS, max(MIN_AUTO_CLUSTERS, num_samples // 50))
+
+
+def sobel_input(images: Tensor) -> Tensor:
+    """[0, 1] RGB -> grey of the normalised image and its two Sobel gradients (N x 2 x H x W)."""
+    grey = normalize_rgb(images).mean(dim=1, keepdim=True)
+    kernel_x = grey.new_tensor([[1, 0, -1], [2, 0, -2], [1, 0, -1]])
+    kernels = torch.stack([kernel_x, kernel_x.t()]).unsqueeze(1)
+    return F.conv2d(grey, kernels, padding=1)
+
+
+def _is_resnet(encoder: Encoder) -> bool:
+    return "res5" in encoder.layer_names
+
+
+class DeepClusterTask(PretextTask):
+    name = "deepcluster"
+    Config = DeepClusterConfig
+
+    @classmethod
+    def encoder_channels(cls, cfg: DeepClusterConfig) -> int:
+        return 2 if cfg.sobel else 3
+
+    @classmethod
+    def fit_to_data(cls, cfg: DeepClusterConfig, num_samples: int) -> DeepClusterConfig:
+        k = cfg.num_clusters or auto_num_clusters(num_samples)
+        if k > num_samples:
+            raise ConfigError(f"pretext.num_clusters = {k} is invalid: the data has only {num_samples} images")
+        return replace(cfg, num_clusters=k)
+
+    def __init__(self, encoder: Encoder, cfg: DeepClusterConfig) -> None:
+        super().__init__(encoder, cfg)
+        if cfg.num_clusters < 1:
+            raise ValueError("DeepClusterTask needs a resolved number of clusters (see fit_to_data)")
+        if encoder.in_channels != self.encoder_channels(cfg):
+            raise ValueError(f"deepcluster with sobel={cfg.sobel} needs an encoder with {self.encoder_channels(cfg)} "
+                             f"input channels, not {encoder.in_channels}")
+        channels = encoder.out_channels(encoder.layer_names[-1])
+        mlp_dim = cfg.mlp_dim if cfg.mlp_dim >= 0 else (0 if _is_resnet(encoder) else 4096)
+        if mlp_dim:
+            self.pool = nn.AdaptiveMaxPool2d(cfg.head_pool)
+            self.features = nn.Sequential(
+                nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(channels * cfg.head_pool**2, mlp_dim),
+                nn.ReLU(inplace=True), nn.Dropout(cfg.dropout), nn.Linear(mlp_dim, mlp_dim), nn.ReLU(inplace=True),
+            )
+        else:
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.features = nn.Flatten()
+        self.top = nn.Linear(mlp_dim or channels, cfg.num_clusters)
+        # source index -> cluster id of the current assignment; sized on the first clustering
+        self.register_buffer("assignment", torch.empty(0, dtype=torch.long))
+        self.register_buffer("assignment_epoch", torch.tensor(-1))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "assignment"
+        if key in state_dict:  # the buffer's size is the dataset's, unknown until then
+            self.assignment = torch.empty_like(state_dict[key], device=self.assignment.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def encoder_input(self, images: Tensor) -> Tensor:
+        return sobel_input(images) if self.cfg.sobel else normalize_rgb(images)
+
+    def cluster_features(self, images: Tensor) -> Tensor:
+        """What k-means clusters: fc7 (AlexNet) or the pooled last stage (ResNet), float32."""
+        return self.features(self.pool(self.encoder(self.encoder_input(images)))).float()
+
+    # ------------------------------------------------------------------ the epoch-level step
+    def prepare_epoch(self, context: EpochContext) -> EpochPlan:
+        epoch, seed = context.epoch, context.seed
+        num_samples = len(context.source)
+        reuse = int(self.assignment_epoch) == epoch or (
+            self.assignment.numel() == num_samples and epoch % self.cfg.reassign_every != 0
+        )
+        metrics: dict[str, float] = {}
+        if not reuse:
+            metrics = self._recluster(context)
+        order = uniform_cluster_order(self.assignment.cpu().numpy(), num_samples, seed=seed * 1_000_003 + epoch)
+        return EpochPlan(order=torch.from_numpy(order), metrics=metrics)
+
+    def _recluster(self, context: EpochContext) -> dict[str, float]:
+        started = time.perf_counter()
+        was_training = self.training
+        self.eval()
+        rows, labels, indices = [], [], []
+        with torch.no_grad(), context.autocast():
+            for batch in context.shard_batches():
+                images = batch.images.to(context.device, non_blocking=True).float().div_(255)
+                rows.append(self.cluster_features(images).cpu())
+                labels.append(batch.labels)
+                indices.append(batch.indices)
+        self.train(was_training)
+        index = torch.cat(indices)
+        features = context.gather_rows(torch.cat(rows), index)
+        true_labels = context.gather_rows(torch.cat(labels), index)
+        if len(features) != len(context.source):
+            raise ValueError(f"clustering needs every training image; {len(context.source) - len(features)} "
+                             "could not be read (see the skipped-file messages)")
+        extract_s = time.perf_counter() - started
+
+        result = None
+        if context.dist.is_main:
+            reduced = l2_normalize(pca_whiten(features.numpy().astype(np.float32), self.cfg.pca_dim))
+            result = kmeans(reduced, self.cfg.num_clusters, seed=context.seed * 1_000_003 + context.epoch,
+                            niter=self.cfg.kmeans_iters, backend=self.cfg.kmeans_backend)
+        result = context.broadcast(result)
+        previous = self.assignment.cpu().numpy() if self.assignment.numel() == len(features) else None
+        assignment = torch.from_numpy(result.assignment).long()
+        self.assignment = assignment.to(self.assignment_epoch.device)
+        self.assignment_epoch.fill_(context.epoch)
+        self._reset_top(context)
+
+        metrics = {
+            "extract_s": round(extract_s, 2),
+            "cluster_s": round(result.seconds, 2),
+            "kmeans_objective": float(result.objective),
+            "empty_clusters": float(result.empty_clusters),
+            "nonempty_clusters": float(np.unique(result.assignment).size),
+        }
+        if previous is not None:
+            metrics["nmi_previous"] = nmi(result.assignment, previous)
+        if bool((true_labels >= 0).any()):
+            metrics["nmi_labels"] = nmi(result.assignment, true_labels.numpy())
+        return metrics
+
+    def _reset_top(self, context: EpochContext) -> None:
+        # The classes changed meaning: a fresh top layer (N(0, 0.01), zero bias, as the paper's code),
+        # drawn from (seed, epoch) so every process draws the same one, and no stale momentum.
+        gen = torch.Generator().manual_seed(context.seed * 1_000_003 + context.epoch)
+        with torch.no_grad():
+            self.top.weight.copy_(torch.randn(self.top.weight.shape, generator=gen) * 0.01)
+            self.top.bias.zero_()
+        context.reset_optimizer_state(self.top.parameters())
+
+    # ------------------------------------------------------------------ training step
+    def batch_labels(self, indices: Tensor, labels: Tensor) -> Tensor:
+        if self.assignment.numel() == 0:
+            raise RuntimeError("deepcluster trains on cluster ids; prepare_epoch has not clustered yet")
+        return self.assignment.to(indices.device)[indices]
+
+    def forward(self, images: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        logits = self.top(self.cluster_features(images))
+        loss = F.cross_entropy(logits, labels)
+        return {"loss": loss, "acc": accuracy(logits.detach(), labels)}
+
+    def example_images(self, images: Tensor, generator: torch.Generator | None = None) -> Examples:
+        shown = images[:4]
+        with torch.no_grad():
+            predicted = self.top(self.cluster_features(shown)).argmax(dim=1)
+        views: list[Tensor] = []
+        captions: list[str] = []
+        for i in range(shown.shape[0]):
+            views.append(shown[i])
+            captions.append(f"image; predicted cluster {int(predicted[i])} of {self.cfg.num_clusters}")
+            if self.cfg.sobel:
+                gradients = sobel_input(shown[i : i + 1])[0, :2]
+                scale = gradients.abs().amax().clamp_min(1e-6)
+                for axis, gradient in zip(("horizontal", "vertical"), gradients):
+                    views.append((0.5 + 0.5 * gradient / scale).expand(3, -1, -1))
+                    captions.append(f"fed: Sobel {axis} gradient of grey")
+        per_row = 3 if self.cfg.sobel else 1
+        return Examples(torch.stack(views).clamp(0, 1), captions, per_row=per_row)
