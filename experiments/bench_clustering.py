@@ -1,0 +1,100 @@
+"""DeepCluster's clustering step: k-means time with faiss vs scikit-learn, and its share of an epoch.
+
+    python experiments/bench_clustering.py                         # 50k x 256 features, k = 1000
+    python experiments/bench_clustering.py --record experiments/records/bench_clustering.json
+    python experiments/bench_clustering.py --summary RUN/summary.json   # + share of a DeepCluster epoch
+
+Part 1 clusters synthetic features shaped like DeepCluster's (PCA-whitened, L2-normalised, drawn
+around k centres so that k-means has structure to find) with both back-ends at the same iterations,
+and prints time and objective. Part 2 reads the per-epoch timings that a DeepCluster run logs
+(feature extraction, PCA + k-means, the whole epoch) from its summary.json and prints what fraction
+of each epoch the clustering step took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from selfsup.pretext.clustering import faiss_available, kmeans, l2_normalize, nmi, pca_whiten
+
+
+def synthetic_features(n: int, dim: int, k: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((k, dim)).astype(np.float32)
+    x = centres[rng.integers(k, size=n)] + 0.8 * rng.standard_normal((n, dim)).astype(np.float32)
+    return l2_normalize(pca_whiten(x, dim))
+
+
+def bench_kmeans(n: int, dim: int, k: int, niter: int, seed: int) -> list[dict]:
+    x = synthetic_features(n, dim, k, seed)
+    rows, assignments = [], {}
+    for backend in (["faiss"] if faiss_available() else []) + ["sklearn"]:
+        started = time.perf_counter()
+        result = kmeans(x, k, seed=seed, niter=niter, backend=backend)
+        seconds = time.perf_counter() - started
+        assignments[backend] = result.assignment
+        rows.append({"backend": result.backend, "n": n, "dim": dim, "k": k, "iterations": niter,
+                     "seconds": round(seconds, 2), "objective": round(result.objective, 1),
+                     "empty_clusters_repaired": result.empty_clusters})
+    if len(assignments) == 2:
+        agreement = nmi(assignments["faiss"], assignments["sklearn"])
+        for row in rows:
+            row["nmi_between_backends"] = round(agreement, 3)
+    return rows
+
+
+def epoch_shares(summary_path: Path) -> list[dict]:
+    summary = json.loads(summary_path.read_text())
+    rows, previous = [], 0.0
+    for entry in summary["history"]:
+        epoch_s = entry["elapsed_s"] - previous
+        previous = entry["elapsed_s"]
+        clustering = entry.get("extract_s", 0.0) + entry.get("cluster_s", 0.0)
+        rows.append({"epoch": entry["epoch"], "epoch_s": round(epoch_s, 1), "extract_s": entry.get("extract_s"),
+                     "kmeans_s": entry.get("cluster_s"), "clustering_share": round(clustering / max(epoch_s, 1e-9), 3),
+                     "nmi_labels": entry.get("nmi_labels")})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=50_000)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--k", type=int, default=1000)
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--summary", type=Path, help="summary.json of a DeepCluster run (part 2)")
+    parser.add_argument("--record", type=Path, help="write the results as JSON here")
+    args = parser.parse_args()
+
+    machine = f"{platform.platform()}, {torch.get_num_threads()} threads"
+    print(f"k-means on {args.n} x {args.dim} features, k = {args.k}, {args.iterations} iterations ({machine})")
+    kmeans_rows = bench_kmeans(args.n, args.dim, args.k, args.iterations, args.seed)
+    print(f"{'backend':<12}{'seconds':>10}{'objective':>14}{'empty fixed':>13}")
+    for row in kmeans_rows:
+        print(f"{row['backend']:<12}{row['seconds']:>10.2f}{row['objective']:>14.1f}{row['empty_clusters_repaired']:>13}")
+    if len(kmeans_rows) == 2:
+        print(f"faiss / scikit-learn time: {kmeans_rows[0]['seconds'] / kmeans_rows[1]['seconds']:.3f}; "
+              f"NMI between their assignments {kmeans_rows[0]['nmi_between_backends']}")
+    shares = epoch_shares(args.summary) if args.summary else []
+    if shares:
+        print(f"\nclustering step per epoch of {args.summary}")
+        print(f"{'epoch':>5}{'epoch s':>10}{'extract s':>11}{'k-means s':>11}{'share':>8}{'NMI labels':>12}")
+        for row in shares:
+            print(f"{row['epoch']:>5}{row['epoch_s']:>10.1f}{row['extract_s']:>11.2f}{row['kmeans_s']:>11.2f}"
+                  f"{row['clustering_share']:>8.1%}{row['nmi_labels'] or float('nan'):>12.3f}")
+    if args.record:
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        args.record.write_text(json.dumps({"kmeans": kmeans_rows, "epochs": shares, "machine": machine,
+                                           "summary": str(args.summary) if args.summary else None}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
