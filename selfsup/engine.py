@@ -221,6 +221,7 @@ class Trainer:
             "bad_files": sorted(self.bad_files.messages),
             "elapsed_s": self.elapsed_before + (time.perf_counter() - self._started),
             "images_seen": self.images_seen,
+            "epoch_metrics": self.epoch_metrics,
             "rng": rng_state(),
         }
 
@@ -243,6 +244,7 @@ class Trainer:
         self.bad_files.messages = set(state["bad_files"])
         self.elapsed_before = state["elapsed_s"]
         self.images_seen = state["images_seen"]
+        self.epoch_metrics = state.get("epoch_metrics", {})
         set_rng_state(state["rng"])
         if self.dist.is_main:
             print(f"resumed from {self.checkpoint_path}: epoch {self.epoch + 1}, step {self.global_step}", file=sys.stderr)
@@ -282,7 +284,10 @@ class Trainer:
             seed=self.cfg.seed, reset_optimizer_state=self._reset_optimizer_state,
         )
         plan = hook(context)
-        self.epoch_metrics = dict(plan.metrics)
+        # A run resumed inside an epoch keeps that epoch's metrics from the checkpoint when the hook
+        # had nothing to redo (e.g. DeepCluster reuses its saved assignment).
+        if plan.metrics or self.step_in_epoch == 0:
+            self.epoch_metrics = dict(plan.metrics)
         if self.epoch_metrics and self.dist.is_main:
             shown = "  ".join(f"{k} {v:.4g}" for k, v in self.epoch_metrics.items())
             print(f"epoch {self.epoch + 1}/{self.cfg.epochs} prepared: {shown}", file=sys.stderr)
