@@ -25,7 +25,7 @@ from selfsup.pretext.deepcluster import DeepClusterConfig, DeepClusterTask, auto
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--task", "deepcluster", "--batch-size", "8", "--workers", "0", "--image-size", "16", "--width", "0.25",
         "--device", "cpu", "--set", "pretext.num_clusters=6", "--set", "pretext.mlp_dim=32",
-        "--set", "pretext.head_pool=1"]
+        "--set", "pretext.head_pool=1", "--set", "pretext.reassign_every=1"]
 PREPARED = ("extract_s", "cluster_s", "kmeans_objective", "empty_clusters", "nmi_labels")
 
 
