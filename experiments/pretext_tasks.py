@@ -25,7 +25,7 @@ import os
 import shutil
 from pathlib import Path
 
-from rotation_vs_random import HERE, LAYERS, cifar_folder, run, tool
+from rotation_vs_random import HERE, LAYERS, cifar_folder, run, save_table, tool
 
 TASKS = ("rotation", "jigsaw", "context", "counting", "colorization", "deepcluster")
 DATASETS = {
@@ -144,10 +144,7 @@ def write_table(dataset: str) -> Path:
     notes = HERE / f"{dataset}_tasks" / "NOTES.md"
     if notes.is_file():
         lines += ["", notes.read_text().strip()]
-    table = HERE / "results" / f"{name}.md"
-    table.parent.mkdir(parents=True, exist_ok=True)
-    table.write_text("\n".join(lines) + "\n")
-    return table
+    return save_table(name, lines)
 
 
 def main() -> None:

@@ -64,6 +64,14 @@ def pretrain_and_probe(task: str, data: str, runs: Path, records: Path, extra: l
     run([tool("ssl-probe"), "--checkpoint", str(out / "last.pt"), "--freeze", "all", "--out", str(records / f"probe_{task}.json")])
 
 
+def save_table(name: str, lines: list[str]) -> Path:
+    """Writes ``lines`` as experiments/results/<name>.md."""
+    table = HERE / "results" / f"{name}.md"
+    table.parent.mkdir(parents=True, exist_ok=True)
+    table.write_text("\n".join(lines) + "\n")
+    return table
+
+
 def write_table(name: str, dataset: str) -> Path:
     records = HERE / "records" / name
     probes = {p.stem.removeprefix("probe_"): json.loads(p.read_text()) for p in sorted(records.glob("probe_*.json"))}
@@ -114,10 +122,7 @@ def write_table(name: str, dataset: str) -> Path:
         f"- commit `{commit}`; machine: {machine['platform']}, {machine['cpu_count']} CPU cores, "
         f"{machine['torch_threads']} torch threads, torch {machine['torch']}, device {machine['device']}"
     )
-    table = HERE / "results" / f"{name}.md"
-    table.parent.mkdir(parents=True, exist_ok=True)
-    table.write_text("\n".join(lines) + "\n")
-    return table
+    return save_table(name, lines)
 
 
 def main() -> None:
