@@ -231,6 +231,14 @@ class TrainConfig:
     checkpoint_every: int = option(100, "also checkpoint every N steps (0 = at epoch ends only)", min=0)
     log_every: int = option(10, "TensorBoard scalar interval in steps", min=1)
     resume: bool = option(False, "continue from <out>/last.pt")
+    knn_every: int = option(0, "run a kNN monitor (val top-1/top-5) every N epochs and after the last one, "
+                               "when the data has labels; 0 = off", min=0)
+    knn_layer: str = option("", "layer whose globally average-pooled features the kNN monitor uses; "
+                                "empty = the encoder's last layer")
+    knn_max_train: int = option(10000, "the kNN monitor's neighbours: at most this many random images of the "
+                                       "labelled train split (0 = all of it)", min=0)
+    knn_max_val: int = option(5000, "the kNN monitor's queries: at most this many random images of the val "
+                                    "split (0 = all of it)", min=0)
 
 
 @dataclass

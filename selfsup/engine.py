@@ -8,6 +8,9 @@ scalar metrics, and may offer:
   fix the epoch's sampling order and adds metrics to the epoch's log;
 - ``batch_labels(indices, labels)`` to replace a batch's labels (e.g. by pseudo-labels) from the
   source indices of its images.
+
+A kNN monitor (``selfsup.probes.knn.KnnMonitor``, built by the caller from the encoder and the
+task's input mapping) may measure the encoder every ``train.knn_every`` epochs.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -35,6 +38,9 @@ from selfsup.data.loading import Batch, BadFileLog, EpochBatchSampler, eval_load
 from selfsup.data.sources import ImageSource, IndexedSource
 from selfsup.distributed import DistInfo, all_reduce_sum
 from selfsup.optim import build_optimizer, build_scheduler
+
+if TYPE_CHECKING:
+    from selfsup.probes.knn import KnnMonitor
 
 log = logging.getLogger(__name__)
 
@@ -162,11 +168,14 @@ class Trainer:
         record: dict[str, Any],
         channels_last: bool = False,
         feature_view=None,
+        knn_monitor: KnnMonitor | None = None,
     ) -> None:
-        """``feature_view``: the deterministic transform of whole-source passes in ``prepare_epoch``."""
+        """``feature_view``: the deterministic transform of whole-source passes in ``prepare_epoch``;
+        ``knn_monitor``: run every ``train_cfg.knn_every`` epochs (None = no monitor)."""
         self.cfg = train_cfg
         self.source = source
         self.feature_view = feature_view
+        self.knn_monitor = knn_monitor
         self.workers = workers
         self.dist = dist_info
         self.device = dist_info.device
@@ -397,18 +406,46 @@ class Trainer:
             (self.out_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2, default=str))
         return summary
 
+    def _knn_due(self) -> bool:
+        every = self.cfg.knn_every
+        done = self.epoch + 1
+        return every > 0 and (done % every == 0 or done == self.cfg.epochs)
+
+    def _run_knn_monitor(self, monitor: KnnMonitor) -> tuple[dict[str, float], float]:
+        """kNN val accuracy of the encoder and the seconds it took. Rank 0 alone computes it (a few
+        thousand images: sharding would save little) while the others wait for its result."""
+        result: tuple[dict[str, float], float] = ({}, 0.0)
+        if self.dist.is_main:
+            started = time.perf_counter()
+            scores = monitor.evaluate(
+                self.device, lambda: autocast_context(self.cfg.precision, self.device), self.bad_files.add
+            )
+            result = ({"knn_top1": scores["top1"], "knn_top5": scores["top5"]}, time.perf_counter() - started)
+        if self.dist.enabled:
+            box = [result]
+            dist.broadcast_object_list(box, src=0)
+            result = box[0]
+        return result
+
     def _end_epoch(self) -> None:
         averages = self.meter.averages()
+        knn, knn_seconds = {}, 0.0
+        if self.knn_monitor is not None and self._knn_due():
+            knn, knn_seconds = self._run_knn_monitor(self.knn_monitor)
         elapsed = self.elapsed_before + time.perf_counter() - self._started
-        entry = {"epoch": self.epoch + 1, "step": self.global_step, **averages, **self.epoch_metrics,
+        entry = {"epoch": self.epoch + 1, "step": self.global_step, **averages, **self.epoch_metrics, **knn,
                  "elapsed_s": round(elapsed, 1)}
         self.history.append(entry)
         if self.writer is not None:
             for name, value in averages.items():
                 self.writer.add_scalar(f"epoch/{name}", value, self.epoch + 1)
+            for name, value in knn.items():
+                self.writer.add_scalar(f"knn/{name.removeprefix('knn_')}", value, self.epoch + 1)
             self.writer.flush()
         if self.dist.is_main:
             shown = "  ".join(f"{k} {v:.4f}" for k, v in averages.items())
+            if knn:
+                shown += "  " + "  ".join(f"{k} {v:.2f}" for k, v in knn.items()) + f"  (kNN {knn_seconds:.1f} s)"
             print(f"epoch {self.epoch + 1}/{self.cfg.epochs}: {shown}", file=sys.stderr)
         self.epoch += 1
         self.step_in_epoch = 0

@@ -195,3 +195,16 @@ def test_kmeans_rejects_k_larger_than_the_number_of_samples():
         kmeans(np.zeros((10, 2), dtype=np.float32), 11, backend="sklearn")
     with pytest.raises(ValueError, match=r"k=0"):
         kmeans(np.zeros((10, 2), dtype=np.float32), 0, backend="sklearn")
+
+
+def test_faiss_setup_advice_names_the_fix(monkeypatch):
+    from selfsup.pretext import clustering
+
+    assert clustering.faiss_setup_advice(cuda_available=False) is None
+    monkeypatch.setattr(clustering, "faiss_gpu_available", lambda: False)
+    monkeypatch.setattr(clustering, "installed_faiss_distributions", lambda: ["faiss-cpu", "faiss-gpu-cu12"])
+    assert "--force-reinstall --no-deps faiss-gpu-cu12" in clustering.faiss_setup_advice(cuda_available=True)
+    monkeypatch.setattr(clustering, "installed_faiss_distributions", lambda: ["faiss-cpu"])
+    assert "selfsup[gpu]" in clustering.faiss_setup_advice(cuda_available=True)
+    monkeypatch.setattr(clustering, "faiss_gpu_available", lambda: True)
+    assert clustering.faiss_setup_advice(cuda_available=True) is None

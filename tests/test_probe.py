@@ -60,3 +60,92 @@ def test_random_baseline_can_be_fed_like_a_one_channel_task(tiny_folder, tmp_pat
                        "--data", str(tiny_folder), "--freeze", "conv2", *FAST, "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     assert record["encoder"]["in_channels"] == 1 and record["pretraining"]["task"]["input"] == "colorization"
+
+
+def test_test_split_selection_is_refused_unless_forced(tiny_checkpoint, tmp_path, capsys):
+    refused = tmp_path / "refused.json"
+    assert probe_main(["--checkpoint", str(tiny_checkpoint), "--freeze", "conv2", "--selection-split", "test",
+                       "--out", str(refused), *FAST]) == 2
+    assert "--force-test-selection" in capsys.readouterr().err and not refused.exists()
+    forced = tmp_path / "forced.json"
+    assert probe_main(["--checkpoint", str(tiny_checkpoint), "--freeze", "conv2", "--selection-split", "test",
+                       "--force-test-selection", "--out", str(forced), *FAST]) == 0
+    record = json.loads(forced.read_text())
+    assert record["selection_split"] == "test" and record["forced_test_selection"] is True
+    assert "FORCED" in capsys.readouterr().out
+
+
+def test_low_shot_probe_reports_mean_and_std_over_draws(tiny_checkpoint, tmp_path):
+    out = tmp_path / "lowshot.json"
+    assert probe_main(["--checkpoint", str(tiny_checkpoint), "--freeze", "conv3", "--shots", "1,4", "--draws", "2",
+                       "--epochs", "2", "--workers", "0", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["kind"] == "lowshot_linear" and record["selection_split"] == "val"
+    by_k = record["layers"]["conv3"]
+    assert set(by_k) >= {"1", "4"} and by_k["1"]["images"] == 3 and by_k["4"]["images"] == 12
+    for entry in (by_k["1"], by_k["4"]):
+        summary = entry["test_top1"]
+        assert len(summary["draws"]) == 2 and summary["std"] >= 0
+        assert summary["mean"] == pytest.approx(sum(summary["draws"]) / 2, abs=0.01)
+
+
+def test_save_features_writes_pooled_features_labels_and_indices(tiny_checkpoint, tmp_path):
+    folder = tmp_path / "features"
+    assert probe_main(["--checkpoint", str(tiny_checkpoint), "--freeze", "conv2", "--save-features", str(folder),
+                       "--out", str(tmp_path / "probe.json"), *FAST]) == 0
+    import numpy as np
+
+    record = json.loads((tmp_path / "probe.json").read_text())
+    train = np.load(folder / "train_conv2.npy")
+    labels = np.load(folder / "train_labels.npy")
+    assert train.dtype == np.float32 and train.shape == (len(labels), record["layers"]["conv2"]["dims"])
+    assert sorted(set(labels.tolist())) == [0, 1, 2]
+    assert np.load(folder / "test_indices.npy").tolist() == list(range(12))
+
+
+def test_knn_probe_chooses_k_on_val_and_reports_test(tiny_checkpoint, tmp_path):
+    out = tmp_path / "knn.json"
+    assert probe_main(["--checkpoint", str(tiny_checkpoint), "--method", "knn", "--knn-k", "1,5,20",
+                       "--workers", "0", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["kind"] == "knn" and record["selection_split"] == "val"
+    for entry in record["layers"].values():
+        by_k = entry["selection_top1_by_k"]
+        assert set(by_k) == {"1", "5", "20"} and entry["k"] in (1, 5, 20)
+        assert entry["val_top1"] == max(by_k.values())  # val is the selection split
+        assert 0 <= entry["test_top1"] <= entry["test_top5"] <= 100
+
+
+def voc_from_folder(folder, root):
+    """A VOC-layout copy of the tiny labelled folder: one whole-image object of its class per image."""
+    import shutil
+
+    for name in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    ids = {"trainval": [], "test": []}
+    for image in sorted(folder.glob("*/*/*.png")):
+        split, cls = image.parts[-3], image.parts[-2]
+        image_id = f"{split}_{cls}_{image.stem}"
+        shutil.copy(image, root / "JPEGImages" / f"{image_id}.png")
+        (root / "Annotations" / f"{image_id}.xml").write_text(
+            f"<annotation><object><name>{cls}</name><difficult>0</difficult><bndbox><xmin>1</xmin><ymin>1</ymin>"
+            "<xmax>40</xmax><ymax>40</ymax></bndbox></object></annotation>")
+        ids["test" if split == "test" else "trainval"].append(image_id)
+    for split, names in ids.items():
+        (root / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(f"{i}\n" for i in names))
+    return root
+
+
+def test_svm_probe_reports_ap_per_class_and_map(tiny_checkpoint, tiny_folder, tmp_path, capsys):
+    voc = voc_from_folder(tiny_folder, tmp_path / "voc")
+    out = tmp_path / "svm.json"
+    assert probe_main(["--checkpoint", str(tiny_checkpoint), "--method", "svm", "--data", str(voc), "--freeze", "conv2",
+                       "--svm-costs", "0.01,1", "--workers", "0", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    entry = record["layers"]["conv2"]
+    assert record["kind"] == "svm_voc07" and record["splits"]["classes"] == ["class0", "class1", "class2"]
+    assert set(entry["test_AP"]) == {"class0", "class1", "class2"} and set(entry["cost"].values()) <= {0.01, 1.0}
+    assert entry["test_mAP"] == pytest.approx(sum(entry["test_AP"].values()) / 3, abs=0.02)
+    assert "mAP" in capsys.readouterr().out
+    assert probe_main(["--checkpoint", str(tiny_checkpoint), "--method", "svm", "--data", str(voc), "--freeze", "conv2",
+                       "--selection-split", "test", "--force-test-selection"]) == 2

@@ -7,6 +7,7 @@ import functools
 import logging
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -81,4 +82,4 @@ def machine_description(device: torch.device) -> dict[str, Any]:
 
 
 def command_line() -> str:
-    return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])

@@ -17,14 +17,24 @@ import yaml
 
 from selfsup.checkpoint import seed_everything
 from selfsup.cli.common import add_overrides, command_line, git_commit, given_overrides, machine_description, user_errors_exit
-from selfsup.config import PretrainConfig, from_dict, load_yaml, merge, parse_overrides, set_dotted, to_dict
+from selfsup.config import (
+    ConfigError,
+    PretrainConfig,
+    from_dict,
+    load_yaml,
+    merge,
+    parse_overrides,
+    set_dotted,
+    to_dict,
+)
 from selfsup.data.loading import CenterCrop, RandomCrop
-from selfsup.data.sources import open_splits
+from selfsup.data.sources import Splits, open_splits
 from selfsup.distributed import init_distributed, shutdown
 from selfsup.engine import Trainer
 from selfsup.models import build_encoder
 from selfsup.presets import load_preset
-from selfsup.pretext import TASKS, build_task
+from selfsup.pretext import TASKS, PretextTask, build_task
+from selfsup.probes.knn import KnnMonitor, random_subset
 
 FLAGS: dict[str, tuple[str, type, str]] = {
     "--task": ("task", str, "pretext task: " + ", ".join(TASKS)),
@@ -70,6 +80,39 @@ def parse_config(argv: list[str] | None) -> PretrainConfig:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         sys.exit(0)
     return cfg
+
+
+# Images per forward pass of the kNN monitor: without gradients they take less memory than any
+# training step, and larger batches run faster on CPUs.
+KNN_BATCH = 256
+
+
+def build_knn_monitor(cfg: PretrainConfig, splits: Splits, task: PretextTask, announce: bool) -> KnnMonitor | None:
+    """The kNN monitor that ``train.knn_*`` asks for, or None when it is off or the data has no
+    labelled train and val splits (``announce``: say so on stderr)."""
+    if not cfg.train.knn_every:
+        return None
+    encoder = task.encoder
+    layer = cfg.train.knn_layer or encoder.layer_names[-1]
+    if layer not in encoder.layer_names and layer not in encoder.aliases:
+        raise ConfigError(
+            f"train.knn_layer = {layer!r} is invalid: layers of {cfg.model.arch} are "
+            f"{', '.join([*encoder.layer_names, *encoder.aliases])}"
+        )
+    if splits.train is None or splits.val is None:
+        if announce:
+            print(f"kNN monitor off: {cfg.data.data} has no labelled train and val splits", file=sys.stderr)
+        return None
+    return KnnMonitor(
+        encoder=encoder,
+        input_fn=task.encoder_input,
+        train=random_subset(splits.train, cfg.train.knn_max_train, cfg.train.seed),
+        val=random_subset(splits.val, cfg.train.knn_max_val, cfg.train.seed),
+        view=CenterCrop(cfg.data.image_size),
+        layer=layer,
+        batch_size=KNN_BATCH,
+        workers=cfg.data.workers,
+    )
 
 
 def run(cfg: PretrainConfig) -> dict[str, Any]:
@@ -118,6 +161,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
         record=record,
         channels_last=cfg.model.channels_last,
         feature_view=CenterCrop(cfg.data.image_size),
+        knn_monitor=build_knn_monitor(cfg, splits, task, dist_info.is_main),
     )
     summary = trainer.fit()
     if dist_info.is_main:
@@ -137,6 +181,8 @@ def print_summary(summary: dict[str, Any], metric: str) -> None:
     ]
     if metric in final:
         lines.append(f"final {metric:<10}{final[metric]:.4f}  (last epoch, training batches)")
+    if "knn_top1" in final:
+        lines.append(f"final kNN       top-1 {final['knn_top1']:.2f}%  top-5 {final['knn_top5']:.2f}%  (val split)")
     lines += [
         f"throughput      {summary['images_per_s']} images/s over {summary['wall_time_s']} s",
         f"unreadable files skipped: {summary['bad_files_skipped']}",

@@ -1,11 +1,15 @@
-"""ssl-probe: frozen-layer linear probes of a pretrained (or random) encoder.
+"""ssl-probe: what a frozen pretrained (or random) encoder's layers know, by several protocols.
 
-    ssl-probe --checkpoint runs/rotation/last.pt --freeze all      # conv1..conv5 in one pass
+    ssl-probe --checkpoint runs/rotation/last.pt --freeze all      # linear probes of conv1..conv5 in one pass
     ssl-probe --checkpoint runs/rotation/last.pt --freeze conv3
     ssl-probe --checkpoint random --freeze all                     # the random-initialisation row
+    ssl-probe --checkpoint runs/rotation/last.pt --method knn      # weighted kNN on L2-normalised features
+    ssl-probe --checkpoint runs/rotation/last.pt --shots 1,5,10    # low-shot linear probes, several draws
+    ssl-probe --checkpoint runs/rotation/last.pt --method svm --data VOC_DIR   # VOC07 linear SVMs, mAP
+    ssl-probe ... --save-features feats/                           # pooled features + labels as .npy
 
-Heads are trained on the train split, the epoch kept per layer is chosen on val, and test is
-evaluated once with the kept heads.
+Every choice (probe epoch, kNN k, SVM cost) is made on val (SVM: cross-validation on trainval);
+test is evaluated once with the chosen model. Each run writes a JSON record that `ssl-report` reads.
 """
 
 from __future__ import annotations
@@ -16,19 +20,21 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from selfsup.checkpoint import seed_everything
-from selfsup.cli.common import command_line, git_commit, machine_description, user_errors_exit
+from selfsup.cli.common import user_errors_exit
 from selfsup.config import DataConfig, ModelConfig
 from selfsup.data.loading import BadFileLog, CenterCrop, EpochBatchSampler, RandomCrop, eval_loader, train_loader
-from selfsup.data.sources import DataError, open_splits
+from selfsup.data.sources import DataError, ImageSource, open_splits
 from selfsup.distributed import pick_device
 from selfsup.probes.frozen import FrozenEncoder, load_frozen
 from selfsup.probes.linear import (
     PROTOCOLS,
+    FeatureSet,
     LinearHeads,
     cached_batches,
     evaluate,
@@ -36,23 +42,69 @@ from selfsup.probes.linear import (
     streamed_batches,
     train_heads,
 )
-from selfsup.pretext import TASKS
+from selfsup.probes.lowshot import lowshot_linear, summarize
 from selfsup.probes.pooling import PRESETS, build_pool
+from selfsup.probes.records import check_selection, finish_record, new_record, write_record
+from selfsup.pretext import TASKS
+
+METHODS = ("linear", "knn", "svm")
+KNN_KS = (10, 20, 50, 100, 200)
+KNN_TEMPERATURE = 0.07
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers, e.g. 1,5,10")
+    return values
+
+
+def float_list(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive numbers, e.g. 0.01,0.1,1")
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ssl-probe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="an ssl-pretrain checkpoint (last.pt) or 'random'")
     parser.add_argument("--freeze", default="all", help="layer whose output is probed (e.g. conv3, res4), or 'all'")
-    parser.add_argument("--data", default=None, help="labelled data (default: the checkpoint's pretraining data, else demo)")
+    parser.add_argument("--method", default="linear", choices=METHODS,
+                        help="linear: BatchNorm + linear classifier per layer; knn: weighted kNN vote; svm: one linear "
+                             "SVM per class on a VOC-layout dataset (Goyal et al. 2019), mAP")
+    parser.add_argument("--data", default=None,
+                        help="labelled data (default: the checkpoint's pretraining data, else demo); for --method svm "
+                             "a VOC-layout folder, or 'demo' for the demo set's VOC split")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--pool", default="auto", choices=PRESETS, help="feature pooling preset (see SPEC.md)")
-    parser.add_argument("--protocol", default="common", choices=sorted(PROTOCOLS), help="optimiser preset")
+    parser.add_argument("--protocol", default="common", choices=sorted(PROTOCOLS), help="optimiser preset (linear)")
     parser.add_argument("--epochs", type=int, help="override the protocol's epochs (milestones scale along)")
     parser.add_argument("--lr", type=float, help="override the protocol's learning rate")
     parser.add_argument("--batch-size", type=int, help="override the protocol's batch size")
     parser.add_argument("--augment", action="store_true",
-                        help="random crops and flips for the train split (features are then computed every epoch)")
+                        help="linear: random crops and flips for the train split (features are then computed every epoch)")
+    parser.add_argument("--knn-k", type=int_list, default=list(KNN_KS),
+                        help=f"kNN: neighbour counts to choose from on the selection split (default {','.join(map(str, KNN_KS))})")
+    parser.add_argument("--knn-temperature", type=float, default=KNN_TEMPERATURE,
+                        help=f"kNN: vote weight exp(similarity / T) (default {KNN_TEMPERATURE}, Wu et al. 2018)")
+    parser.add_argument("--svm-costs", type=float_list, default=None,
+                        help="svm: costs to cross-validate per class (default: the benchmark's list)")
+    parser.add_argument("--shots", type=int_list, default=None,
+                        help="low-shot: labelled images per class (svm: positive images per class), e.g. 1,5,10")
+    parser.add_argument("--draws", type=int, default=3, help="low-shot: random samples per shot count (mean +- std)")
+    parser.add_argument("--selection-split", default="val",
+                        help="split that chooses epochs and k: val (default); test is refused unless forced")
+    parser.add_argument("--force-test-selection", action="store_true",
+                        help="allow --selection-split test; the record and its tables are marked as test-selected")
+    parser.add_argument("--save-features", default=None, metavar="DIR",
+                        help="also write each split's pooled features per layer, labels and source indices as .npy")
     parser.add_argument("--max-cache-gb", type=float, default=6.0,
                         help="cache pooled features in memory up to this size; above it they are streamed")
     parser.add_argument("--arch", default=ModelConfig.arch, help="encoder for --checkpoint random")
@@ -78,29 +130,127 @@ def probe_layers(frozen: FrozenEncoder, freeze: str) -> list[str]:
     return [freeze]
 
 
+def record_kind(args: argparse.Namespace) -> str:
+    if args.method == "linear":
+        return "lowshot_linear" if args.shots else "linear_probe"
+    if args.method == "svm":
+        return "lowshot_svm" if args.shots else "svm_voc07"
+    return "knn"
+
+
 def default_out(args: argparse.Namespace, frozen: FrozenEncoder) -> Path:
     if args.out:
         return Path(args.out)
+    name = {"linear_probe": "probe", "lowshot_linear": "lowshot_linear", "knn": "knn", "svm_voc07": "svm",
+            "lowshot_svm": "lowshot_svm"}[record_kind(args)]
     if frozen.name == "random":
         suffix = "" if args.input_like == "rotation" else f"-{args.input_like}-input"
-        return Path("runs") / f"random-{args.arch}{suffix}" / f"probe_{args.freeze}.json"
-    return Path(frozen.checkpoint).parent / f"probe_{args.freeze}.json"
+        return Path("runs") / f"random-{args.arch}{suffix}" / f"{name}_{args.freeze}.json"
+    return Path(frozen.checkpoint).parent / f"{name}_{args.freeze}.json"
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.method == "svm":
+        if args.selection_split != "val":
+            raise ValueError("--selection-split does not apply to --method svm: its costs are chosen by 3-fold "
+                             "cross-validation on trainval, and test is used once")
+    else:
+        check_selection(args.selection_split, args.force_test_selection)
+    if args.augment and (args.method != "linear" or args.shots or args.save_features):
+        raise ValueError("--augment recomputes features every epoch: it only applies to the plain linear probe "
+                         "(not with --method knn/svm, --shots or --save-features)")
+    if args.shots and args.method == "knn":
+        raise ValueError("--shots applies to --method linear and svm, not knn")
+    if args.draws < 1:
+        raise ValueError(f"--draws {args.draws} is invalid: give 1 or more")
+
+
+def probe_pools(frozen: FrozenEncoder, layers: list[str], preset: str):
+    shapes = frozen.encoder.feature_shapes(frozen.image_size)
+    pools, dims, pooling = {}, {}, {}
+    for layer in layers:
+        canonical = frozen.encoder.canonical(layer)
+        pools[layer], dims[layer], pooling[layer] = build_pool(preset, canonical, shapes[canonical])
+    return pools, dims, pooling
+
+
+def save_features(folder: str, split: str, features: FeatureSet, labels: np.ndarray | None = None) -> None:
+    """``{split}_{layer}.npy`` (float32 rows), ``{split}_labels.npy`` (class index, or the VOC N x C
+    matrix of 1/0/-1) and ``{split}_indices.npy`` (row -> image index in the split)."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    for layer, rows in features.features.items():
+        np.save(out / f"{split}_{layer}.npy", rows.float().numpy())
+    np.save(out / f"{split}_labels.npy", features.labels.numpy() if labels is None else labels)
+    np.save(out / f"{split}_indices.npy", features.indices.numpy())
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
+    check_args(args)
     device = pick_device(args.device)
     seed_everything(args.seed)
     frozen = load_frozen(args.checkpoint, arch=args.arch, width=args.width, image_size=args.image_size, seed=args.seed,
                          input_task=args.input_like)
     frozen.encoder.to(device).eval()
     layers = probe_layers(frozen, args.freeze)
+    pools, dims, pooling = probe_pools(frozen, layers, args.pool)
+    for pool in pools.values():
+        pool.to(device)
+    eval_crop = args.eval_crop or (1.0 if frozen.image_size < 96 else 0.875)
+    context = ProbeContext(args, frozen, device, pools, CenterCrop(frozen.image_size, eval_crop), BadFileLog())
+    if args.method == "svm":
+        record = run_svm(context)
+    else:
+        record = run_classification(context, dims)
+    for layer, entry in record["layers"].items():
+        entry.update(dims=dims[layer], pooling=pooling[layer])
+        record["layers"][layer] = {"dims": entry.pop("dims"), "pooling": entry.pop("pooling"), **entry}
+    record.update(image_size=frozen.image_size, eval_crop=eval_crop, pool_preset=args.pool,
+                  bad_files_skipped=context.bad.count)
+    if args.save_features:
+        record["saved_features"] = str(Path(args.save_features))
+    finish_record(record, started=started, device=device)
+    out = write_record(record, default_out(args, frozen))
+    print(format_table(record))
+    selection = record["selection_split"] + (" (FORCED: test-selected)" if record["forced_test_selection"] else "")
+    print(f"\nselection on {selection}, reported on {record['reported_split']}; {context.bad.count} unreadable files "
+          f"skipped; {record['wall_time_s']} s; record written to {out}")
+    return record
+
+
+@dataclasses.dataclass
+class ProbeContext:
+    args: argparse.Namespace
+    frozen: FrozenEncoder
+    device: torch.device
+    pools: dict
+    eval_view: CenterCrop
+    bad: BadFileLog
+
+    def features(self, source: ImageSource, split: str) -> FeatureSet:
+        loader = eval_loader(source, self.eval_view, batch_size=256, workers=self.args.workers)
+        return extract_features(self.frozen.encoder, self.frozen.input_fn, self.pools, loader, self.device, split,
+                                self.bad.add)
+
+    def new_record(self, kind: str, data: str, splits: dict[str, Any], protocol: dict[str, Any],
+                   selection_split: str) -> dict[str, Any]:
+        frozen = self.frozen
+        return new_record(kind, method=frozen.name, checkpoint=frozen.checkpoint, encoder=frozen.record["encoder"],
+                          pretraining={k: v for k, v in frozen.record.items() if k != "encoder"}, data=data,
+                          splits=splits, protocol=protocol, selection_split=selection_split,
+                          force_test_selection=self.args.force_test_selection)
+
+
+def run_classification(context: ProbeContext, dims: dict[str, int]) -> dict[str, Any]:
+    """Linear probe, low-shot linear probe or kNN on a single-label dataset with train/val/test splits."""
+    args, frozen, device = context.args, context.frozen, context.device
     trained_on = frozen.record.get("data", {})
     data = args.data or trained_on.get("spec") or "demo"
     data_root = args.data_root or (trained_on.get("root") if data == trained_on.get("spec") else None)
     splits = open_splits(data, data_root, seed=args.seed)
     if splits.train is None or splits.val is None or splits.test is None:
-        raise DataError(f"linear probes need labelled train/val/test splits; {data} has none ({'; '.join(splits.notes)})")
+        raise DataError(f"probes need labelled train/val/test splits; {data} has none ({'; '.join(splits.notes)})")
     num_classes = len(splits.train.classes)
     protocol = PROTOCOLS[args.protocol]
     overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("batch_size", args.batch_size)) if v}
@@ -108,109 +258,200 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         scale = args.epochs / protocol.epochs
         overrides["milestones"] = tuple(max(1, round(m * scale)) for m in protocol.milestones)
     protocol = dataclasses.replace(protocol, **overrides)
-
-    shapes = frozen.encoder.feature_shapes(frozen.image_size)
-    pools, dims, pooling = {}, {}, {}
-    for layer in layers:
-        pools[layer], dims[layer], pooling[layer] = build_pool(args.pool, frozen.encoder.canonical(layer),
-                                                               shapes[frozen.encoder.canonical(layer)])
-    heads = LinearHeads(pools, dims, num_classes).to(device)
-    eval_crop = args.eval_crop or (1.0 if frozen.image_size < 96 else 0.875)
-    eval_view = CenterCrop(frozen.image_size, eval_crop)
-    bad = BadFileLog()
-    batch_eval = 256
-
+    split_info = {"train": splits.train.describe(), "val": splits.val.describe(), "test": splits.test.describe(),
+                  "notes": splits.notes}
+    kind = record_kind(args)
     n_images = len(splits.train) + len(splits.val) + len(splits.test)
     cache_gb = n_images * sum(dims.values()) * 2 / 2**30  # bfloat16
     cached = not args.augment and cache_gb <= args.max_cache_gb
-    print(
-        f"ssl-probe: {frozen.name} encoder {frozen.record['encoder']['arch']} at {frozen.image_size}px, layers "
-        f"{', '.join(layers)}; data {splits.train.describe()}; protocol {protocol.name} ({protocol.epochs} epochs); "
-        f"features {'cached in memory' if cached else 'streamed'} ({cache_gb:.2f} GiB if cached)",
-        file=sys.stderr,
-    )
+    if not cached and (kind != "linear_probe" or args.save_features):
+        raise ValueError(f"{kind} needs the features in memory ({cache_gb:.1f} GiB): raise --max-cache-gb or probe "
+                         "fewer layers (--freeze LAYER)")
+    print(f"ssl-probe: {kind} of {frozen.name} encoder {frozen.record['encoder']['arch']} at {frozen.image_size}px, "
+          f"layers {', '.join(dims)}; data {splits.train.describe()}; features "
+          f"{'cached in memory' if cached else 'streamed'} ({cache_gb:.2f} GiB if cached)", file=sys.stderr)
+
+    if not cached:
+        return streamed_linear_probe(context, splits, dims, num_classes, protocol, split_info, data)
+    sets = {name: context.features(source, name)
+            for name, source in (("train", splits.train), ("val", splits.val), ("test", splits.test))}
+    if args.save_features:
+        for name, features in sets.items():
+            save_features(args.save_features, name, features)
+    select = sets[args.selection_split]
+
+    def batches(features: FeatureSet, batch_size: int = 256, seed: int | None = None):
+        return cached_batches(features.features, features.labels, batch_size, device, shuffle_seed=seed)
+
+    if kind == "knn":
+        record = context.new_record(kind, data, split_info, {"name": "knn", "ks": args.knn_k,
+                                    "temperature": args.knn_temperature}, args.selection_split)
+        record["layers"] = knn_layers(sets["train"], select, sets["test"], sets["val"], num_classes, args)
+        return record
+    if kind == "lowshot_linear":
+        record = context.new_record(kind, data, split_info, {**dataclasses.asdict(protocol), "shots": args.shots,
+                                    "draws": args.draws}, args.selection_split)
+        record["layers"] = lowshot_linear(sets["train"], batches(select), batches(sets["test"]), context.pools, dims,
+                                          num_classes, protocol, args.shots, args.draws, args.seed, device,
+                                          progress=lambda line: print(line, file=sys.stderr))
+        return record
+    heads = LinearHeads(context.pools, dims, num_classes).to(device)
+    train_batches = batches(sets["train"], protocol.batch_size, seed=args.seed)
+    steps = len(sets["train"].labels) // protocol.batch_size
+    record = context.new_record(kind, data, split_info, dataclasses.asdict(protocol), args.selection_split)
+    record.update(augment=False, features="cached")
+    return linear_probe(record, heads, train_batches, batches(select), batches(sets["val"]), batches(sets["test"]),
+                        protocol, steps)
+
+
+def streamed_linear_probe(context: ProbeContext, splits, dims, num_classes, protocol, split_info, data) -> dict[str, Any]:
+    args, frozen, device = context.args, context.frozen, context.device
+    heads = LinearHeads(context.pools, dims, num_classes).to(device)
     streams = {}
-    for split_name, source in (("val", splits.val), ("test", splits.test)):
-        loader = eval_loader(source, eval_view, batch_size=batch_eval, workers=args.workers)
-        if cached:
-            features, labels = extract_features(frozen.encoder, frozen.input_fn, heads, loader, device, split_name, bad.add)
-            streams[split_name] = cached_batches(features, labels, batch_eval, device)
-        else:
-            streams[split_name] = streamed_batches(frozen.encoder, frozen.input_fn, heads, loader, device, bad.add)
-    if cached:
-        loader = eval_loader(splits.train, eval_view, batch_size=batch_eval, workers=args.workers)
-        features, labels = extract_features(frozen.encoder, frozen.input_fn, heads, loader, device, "train", bad.add)
-        train_batches = cached_batches(features, labels, protocol.batch_size, device, shuffle_seed=args.seed)
-        steps_per_epoch = len(labels) // protocol.batch_size
-    else:
-        view = RandomCrop(frozen.image_size) if args.augment else eval_view
-        sampler = EpochBatchSampler(len(splits.train), protocol.batch_size, seed=args.seed)
-        loader = train_loader(splits.train, view, sampler, workers=args.workers, pin_memory=device.type == "cuda")
-        train_batches = streamed_batches(frozen.encoder, frozen.input_fn, heads, loader, device, bad.add)
-        steps_per_epoch = sampler.steps_per_epoch
+    for name, source in (("val", splits.val), ("test", splits.test)):
+        loader = eval_loader(source, context.eval_view, batch_size=256, workers=args.workers)
+        streams[name] = streamed_batches(frozen.encoder, frozen.input_fn, heads, loader, device, context.bad.add)
+    view = RandomCrop(frozen.image_size) if args.augment else context.eval_view
+    sampler = EpochBatchSampler(len(splits.train), protocol.batch_size, seed=args.seed)
+    loader = train_loader(splits.train, view, sampler, workers=args.workers, pin_memory=device.type == "cuda")
+    train_batches = streamed_batches(frozen.encoder, frozen.input_fn, heads, loader, device, context.bad.add)
+    record = context.new_record("linear_probe", data, split_info, dataclasses.asdict(protocol), args.selection_split)
+    record.update(augment=args.augment, features="streamed")
+    return linear_probe(record, heads, train_batches, streams[args.selection_split], streams["val"], streams["test"],
+                        protocol, sampler.steps_per_epoch)
+
+
+def linear_probe(record: dict[str, Any], heads: LinearHeads, train_batches, select_batches, val_batches, test_batches,
+                 protocol, steps_per_epoch: int) -> dict[str, Any]:
     if steps_per_epoch == 0:
         raise DataError(f"train split has fewer images than one batch ({protocol.batch_size}); use --batch-size")
-
-    best, history = train_heads(heads, train_batches, streams["val"], protocol, steps_per_epoch)
-    for layer in layers:
+    best, history = train_heads(heads, train_batches, select_batches, protocol, steps_per_epoch)
+    for layer in heads.heads:
         heads.heads[layer].load_state_dict(best[layer]["state"])
-    val_scores = evaluate(heads, streams["val"]())
-    test_scores = evaluate(heads, streams["test"]())
-
-    results = {
+    val_scores = evaluate(heads, val_batches())
+    test_scores = evaluate(heads, test_batches())
+    record["layers"] = {
         layer: {
-            "dims": dims[layer],
-            "pooling": pooling[layer],
             "best_epoch": best[layer]["epoch"],
             "val_top1": round(val_scores[layer]["top1"], 2),
             "val_top5": round(val_scores[layer]["top5"], 2),
             "test_top1": round(test_scores[layer]["top1"], 2),
             "test_top5": round(test_scores[layer]["top5"], 2),
         }
-        for layer in layers
+        for layer in heads.heads
     }
-    record = {
-        "kind": "linear_probe",
-        "checkpoint": frozen.checkpoint,
-        "method": frozen.name,
-        "encoder": frozen.record["encoder"],
-        "pretraining": {k: v for k, v in frozen.record.items() if k not in ("encoder",)},
-        "image_size": frozen.image_size,
-        "eval_crop": eval_crop,
-        "data": data,
-        "splits": {"train": splits.train.describe(), "val": splits.val.describe(), "test": splits.test.describe(),
-                   "notes": splits.notes},
-        "selection_split": "val",
-        "reported_split": "test",
-        "protocol": dataclasses.asdict(protocol),
-        "pool_preset": args.pool,
-        "augment": args.augment,
-        "features": "cached" if cached else "streamed",
-        "layers": results,
-        "history": history,
-        "bad_files_skipped": bad.count,
-        "command": command_line(),
-        "git_commit": git_commit(),
-        "machine": machine_description(device),
-        "wall_time_s": round(time.perf_counter() - started, 1),
-    }
-    out = default_out(args, frozen)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2))
-    print(format_table(record))
-    print(f"\nselection on val, reported on test; {bad.count} unreadable files skipped; "
-          f"{record['wall_time_s']} s; record written to {out}")
+    record["history"] = history
     return record
 
 
+def knn_layers(train: FeatureSet, select: FeatureSet, test: FeatureSet, val: FeatureSet, num_classes: int,
+               args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    from selfsup.probes.knn import knn_accuracy, select_k
+
+    results = {}
+    for layer in train.features:
+        best_k, by_k = select_k(train.features[layer].float(), train.labels, select.features[layer].float(),
+                                select.labels, num_classes, args.knn_k, args.knn_temperature)
+
+        def scores(query: FeatureSet) -> dict[str, float]:
+            return knn_accuracy(train.features[layer].float(), train.labels, query.features[layer].float(),
+                                query.labels, num_classes, k=best_k, temperature=args.knn_temperature)
+
+        val_scores, test_scores = scores(val), scores(test)
+        results[layer] = {"k": best_k, "temperature": args.knn_temperature,
+                          "selection_top1_by_k": {str(k): round(v, 2) for k, v in by_k.items()},
+                          "val_top1": round(val_scores["top1"], 2), "val_top5": round(val_scores["top5"], 2),
+                          "test_top1": round(test_scores["top1"], 2), "test_top5": round(test_scores["top5"], 2)}
+        print(f"knn {layer}: k={best_k} val {val_scores['top1']:.2f} test {test_scores['top1']:.2f}", file=sys.stderr)
+    return results
+
+
+def run_svm(context: ProbeContext) -> dict[str, Any]:
+    """Goyal et al.'s VOC07 protocol: SVMs on trainval (costs by 3-fold CV), mAP on test, difficult ignored."""
+    from selfsup.data.voc import open_voc, resolve_voc_root
+    from selfsup.probes.metrics import mean_average_precision
+    from selfsup.probes.svm import DEFAULT_COSTS, low_shot_indices, train_voc_svms
+
+    args = context.args
+    data = args.data or "demo"
+    root = resolve_voc_root(data, args.data_root)
+    trainval, test = open_voc(root, "trainval"), open_voc(root, "test")
+    classes = list(trainval.classes)
+    costs = args.svm_costs or list(DEFAULT_COSTS)
+    print(f"ssl-probe: {record_kind(args)} of {context.frozen.name} on {root} ({len(trainval)} trainval / "
+          f"{len(test)} test images, {len(classes)} classes), layers {', '.join(context.pools)}", file=sys.stderr)
+    sets = {"trainval": context.features(trainval, "trainval"), "test": context.features(test, "test")}
+    labels = {"trainval": trainval.image_labels()[sets["trainval"].indices.numpy()],
+              "test": test.image_labels()[sets["test"].indices.numpy()]}
+    if args.save_features:
+        for name, features in sets.items():
+            save_features(args.save_features, name, features, labels[name])
+    kind = record_kind(args)
+    protocol = {"name": "voc07_svm", "costs": costs, "folds": 3, "features": "L2-normalised",
+                "mAP": "area under the precision envelope (Goyal et al.'s benchmark); test_mAP_11pt: VOC07 11-point",
+                **({"shots": args.shots, "draws": args.draws} if args.shots else {})}
+    record = context.new_record(kind, data, {"trainval": trainval.describe(), "test": test.describe(),
+                                             "root": str(root), "classes": classes}, protocol, "trainval-cv")
+
+    def fit_and_score(layer: str, rows: np.ndarray | None):
+        train_x = sets["trainval"].features[layer].float().numpy()
+        train_y = labels["trainval"]
+        if rows is not None:
+            train_x, train_y = train_x[rows], train_y[rows]
+        svms = train_voc_svms(train_x, train_y, costs=costs, seed=args.seed)
+        scores = svms.decision_function(sets["test"].features[layer].float().numpy())
+        # the benchmark's AP is the area under the precision envelope; the 11-point VOC07 AP is kept beside it
+        per_class, mean_ap = mean_average_precision(scores, labels["test"], method="area")
+        _, mean_ap_11pt = mean_average_precision(scores, labels["test"], method="voc07")
+        return svms, per_class, mean_ap, mean_ap_11pt
+
+    results: dict[str, dict[str, Any]] = {}
+    for layer in context.pools:
+        if not args.shots:
+            svms, per_class, mean_ap, mean_ap_11pt = fit_and_score(layer, None)
+            chosen_cv = [float(np.nanmax(row)) for row, cost in zip(svms.cv_ap, svms.chosen_costs)
+                         if cost is not None and not np.all(np.isnan(row))]
+            results[layer] = {"test_mAP": percent(mean_ap), "test_mAP_11pt": percent(mean_ap_11pt),
+                              "cv_mAP": percent(float(np.mean(chosen_cv))) if chosen_cv else None,
+                              "test_AP": {cls: percent(ap) for cls, ap in zip(classes, per_class)},
+                              "cost": {cls: cost for cls, cost in zip(classes, svms.chosen_costs)}}
+            print(f"svm {layer}: mAP {results[layer]['test_mAP']}", file=sys.stderr)
+            continue
+        results[layer] = {}
+        for k in args.shots:
+            runs = [fit_and_score(layer, low_shot_indices(labels["trainval"], k, seed=args.seed * 7919 + k * 131 + draw))[2]
+                    for draw in range(args.draws)]
+            scored = [percent(v) for v in runs if v == v]
+            if not scored:
+                raise DataError(f"{root}: no class has both positive and negative images, so no SVM can be scored")
+            results[layer][str(k)] = {"test_mAP": summarize(scored)}
+            print(f"low-shot svm {layer} k={k}: mAP {results[layer][str(k)]['test_mAP']['mean']}", file=sys.stderr)
+    record["layers"] = results
+    return record
+
+
+def percent(value: float) -> float | None:
+    return None if value != value else round(100.0 * value, 2)  # NaN (no positives) -> null in JSON
+
+
 def format_table(record: dict[str, Any]) -> str:
-    title = f"linear probe: {record['method']} ({record['encoder']['arch']}), data {record['data']}, protocol {record['protocol']['name']}"
-    header = f"{'layer':<7}{'dims':>7}  {'pooling':<22}{'epoch':>6}{'val@1':>8}{'test@1':>8}{'test@5':>8}"
-    rows = [
-        f"{layer:<7}{r['dims']:>7}  {r['pooling']:<22}{r['best_epoch']:>6}{r['val_top1']:>8.2f}{r['test_top1']:>8.2f}{r['test_top5']:>8.2f}"
-        for layer, r in record["layers"].items()
-    ]
-    return "\n".join([title, header, *rows])
+    kind = record["kind"]
+    title = f"{kind}: {record['method']} ({record['encoder']['arch']}), data {record['data']}"
+    rows = [title]
+    for layer, r in record["layers"].items():
+        if kind in ("linear_probe", "knn"):
+            chosen = f"epoch {r['best_epoch']}" if kind == "linear_probe" else f"k {r['k']}"
+            rows.append(f"{layer:<7}{r['dims']:>7}  {r['pooling']:<22}{chosen:>10}  val@1 {r['val_top1']:6.2f}  "
+                        f"test@1 {r['test_top1']:6.2f}  test@5 {r['test_top5']:6.2f}")
+        elif kind == "svm_voc07":
+            per_class = "  ".join(f"{cls} {ap if ap is not None else 'n/a'}" for cls, ap in r["test_AP"].items())
+            rows.append(f"{layer:<7}{r['dims']:>7}  mAP {r['test_mAP']}  (11-point {r['test_mAP_11pt']})  {per_class}")
+        else:
+            metric = "test_top1" if kind == "lowshot_linear" else "test_mAP"
+            shots = "  ".join(f"k={k}: {v[metric]['mean']:.2f}+-{v[metric]['std']:.2f}"
+                              for k, v in r.items() if isinstance(v, dict) and metric in v)
+            rows.append(f"{layer:<7}{r['dims']:>7}  {shots}")
+    return "\n".join(rows)
 
 
 @user_errors_exit

@@ -12,10 +12,15 @@ paths follow the authors' code and scikit-learn / numpy stand in when faiss is n
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
+import logging
 import time
 from dataclasses import dataclass
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 _BACKENDS = ("auto", "faiss", "sklearn")
 _PCA_BACKENDS = ("auto", "faiss", "numpy")
@@ -38,6 +43,35 @@ def faiss_gpu_available() -> bool:
     import faiss
 
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+FAISS_DISTRIBUTIONS = ("faiss-cpu", "faiss-gpu-cu12", "faiss-gpu-cu11", "faiss-gpu")
+
+
+def installed_faiss_distributions() -> list[str]:
+    found = []
+    for name in FAISS_DISTRIBUTIONS:
+        try:
+            importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
+def faiss_setup_advice(cuda_available: bool) -> str | None:
+    """Why k-means will not use a GPU that torch sees, with the fix; None when nothing is wrong.
+
+    faiss-cpu (the default dependency) and faiss-gpu-cu12 (the ``[gpu]`` extra) both install the
+    ``faiss`` package folder, so with both installed whichever pip wrote last is what imports.
+    """
+    if not cuda_available or faiss_gpu_available():
+        return None
+    installed = installed_faiss_distributions()
+    if any(name.startswith("faiss-gpu") for name in installed):
+        return (f"{' and '.join(installed)} are installed and share the faiss folder, and the CPU build won: "
+                "run `pip install --force-reinstall --no-deps faiss-gpu-cu12` to put the GPU build back")
+    return "k-means runs on the CPU: this faiss has no GPU support (`pip install selfsup[gpu]`, see README)"
 
 
 def _as_features(features: np.ndarray) -> np.ndarray:
@@ -173,6 +207,7 @@ def _kmeans_faiss(
     import faiss
 
     gpu = faiss_gpu_available()
+    _warn_about_faiss_setup()
     options = {"niter": niter, "seed": seed, "max_points_per_centroid": max_points_per_centroid}
     if init == "k-means++":
         if not hasattr(faiss, "ClusteringInitMethod_KMEANS_PLUS_PLUS"):
@@ -183,6 +218,18 @@ def _kmeans_faiss(
     model.train(x)
     _, assignment = model.assign(x)
     return model.centroids, assignment.astype(np.int64), "faiss-gpu" if gpu else "faiss-cpu"
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_about_faiss_setup() -> None:
+    """Once per process, so that clustering every epoch does not repeat it."""
+    try:
+        import torch
+    except ImportError:
+        return
+    advice = faiss_setup_advice(torch.cuda.is_available())
+    if advice:
+        log.warning(advice)
 
 
 def _kmeans_sklearn(

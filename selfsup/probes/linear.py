@@ -8,10 +8,11 @@ with the selected heads.
 from __future__ import annotations
 
 import copy
+import math
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from selfsup.data.loading import Batch
+from selfsup.data.sources import DataError
 from selfsup.models import Encoder
 
 
@@ -53,40 +55,56 @@ class LinearHeads(nn.Module):
             {layer: nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, num_classes)) for layer, dim in dims.items()}
         )
 
-    def pool(self, feature_maps: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {layer: self.pools[layer](feature_maps[layer].float()) for layer in self.heads}
-
     def forward(self, pooled: dict[str, Tensor]) -> dict[str, Tensor]:
         return {layer: head(pooled[layer]) for layer, head in self.heads.items()}
 
 
-def encode(encoder: Encoder, input_fn: Callable[[Tensor], Tensor], heads: LinearHeads, batch: Batch,
+@dataclass
+class FeatureSet:
+    """Pooled features of one split per layer (CPU, bfloat16), with labels and source indices."""
+
+    features: dict[str, Tensor]
+    labels: Tensor
+    indices: Tensor
+
+    def subset(self, rows: Tensor) -> FeatureSet:
+        return FeatureSet({layer: f[rows] for layer, f in self.features.items()}, self.labels[rows], self.indices[rows])
+
+
+def encode(encoder: Encoder, input_fn: Callable[[Tensor], Tensor], pools: Mapping[str, nn.Module], batch: Batch,
            device: torch.device) -> dict[str, Tensor]:
     images = batch.images.to(device, non_blocking=True).float().div_(255)
     with torch.no_grad():
-        return heads.pool(encoder.forward_taps(input_fn(images), list(heads.heads)))
+        maps = encoder.forward_taps(input_fn(images), list(pools))
+        return {layer: pool(maps[layer].float()) for layer, pool in pools.items()}
 
 
 @torch.no_grad()
-def extract_features(encoder: Encoder, input_fn: Callable[[Tensor], Tensor], heads: LinearHeads, loader,
-                     device: torch.device, desc: str, on_bad: Callable[[list[str]], None]) -> tuple[dict[str, Tensor], Tensor]:
-    """Pooled features of every image of ``loader`` for every probed layer, on the CPU.
+def extract_features(encoder: Encoder, input_fn: Callable[[Tensor], Tensor], pools: Mapping[str, nn.Module], loader,
+                     device: torch.device, desc: str, on_bad: Callable[[list[str]], None]) -> FeatureSet:
+    """Pooled features of every image of ``loader`` for every layer of ``pools``, on the CPU.
 
     Stored as bfloat16 to halve the memory of the cache: about three significant digits, which
-    is plenty for features that the probe's BatchNorm rescales anyway.
+    is plenty for features that the probe's BatchNorm rescales (or kNN/SVM L2-normalise) anyway.
+    Unreadable images are skipped (and counted by ``on_bad``): ``indices`` says which source
+    image each row is.
     """
-    chunks: dict[str, list[Tensor]] = {layer: [] for layer in heads.heads}
+    chunks: dict[str, list[Tensor]] = {layer: [] for layer in pools}
     labels: list[Tensor] = []
+    indices: list[Tensor] = []
     # in a log file (no terminal) a line every 30 s, not every 0.1 s
     interval = 0.5 if sys.stderr.isatty() else 30.0
     for batch in tqdm(loader, desc=desc, unit="batch", leave=False, mininterval=interval):
         on_bad(batch.bad_files)
         if batch.images.numel() == 0:
             continue
-        for layer, features in encode(encoder, input_fn, heads, batch, device).items():
+        for layer, features in encode(encoder, input_fn, pools, batch, device).items():
             chunks[layer].append(features.to(torch.bfloat16).cpu())
         labels.append(batch.labels)
-    return {layer: torch.cat(parts) for layer, parts in chunks.items()}, torch.cat(labels)
+        indices.append(batch.indices)
+    if not labels:
+        raise DataError(f"no readable image in the {desc} split")
+    return FeatureSet({layer: torch.cat(parts) for layer, parts in chunks.items()}, torch.cat(labels), torch.cat(indices))
 
 
 def topk_correct(logits: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) -> list[int]:
@@ -114,14 +132,15 @@ def evaluate(heads: LinearHeads, batches: Iterable[tuple[dict[str, Tensor], Tens
 def train_heads(
     heads: LinearHeads,
     train_batches: Callable[[int], object],
-    val_batches: Callable[[], Iterable[tuple[dict[str, Tensor], Tensor]]],
+    select_batches: Callable[[], Iterable[tuple[dict[str, Tensor], Tensor]]],
     protocol: ProbeProtocol,
     steps_per_epoch: int,
 ) -> tuple[dict[str, dict], list[dict]]:
-    """Trains all heads together; keeps, per layer, the head of the epoch with the best val top-1.
+    """Trains all heads together; keeps, per layer, the head of the epoch with the best top-1 on
+    ``select_batches`` (the val split unless the user forced test selection).
 
     ``train_batches(epoch)`` yields ``(pooled_features_by_layer, labels)`` on ``device``.
-    Returns the best state and epoch per layer, and the per-epoch val history.
+    Returns the best state and epoch per layer, and the per-epoch selection history.
     """
     params = [p for head in heads.heads.values() for p in head.parameters()]
     optimizer = torch.optim.SGD(params, lr=protocol.lr, momentum=protocol.momentum, nesterov=protocol.nesterov,
@@ -143,11 +162,11 @@ def train_heads(
             scheduler.step()
             seen += len(labels)
             loss_sum += float(loss.detach()) * len(labels)
-        val_scores = evaluate(heads, val_batches())
+        selection_scores = evaluate(heads, select_batches())
         history.append({"epoch": epoch + 1, "train_loss_sum_of_heads": loss_sum / max(seen, 1),
-                        "val_top1": {layer: s["top1"] for layer, s in val_scores.items()},
+                        "selection_top1": {layer: s["top1"] for layer, s in selection_scores.items()},
                         "seconds": round(time.perf_counter() - started, 2)})
-        for layer, scores in val_scores.items():
+        for layer, scores in selection_scores.items():
             if scores["top1"] > best[layer]["top1"]:
                 best[layer] = {"top1": scores["top1"], "epoch": epoch + 1,
                                "state": copy.deepcopy(heads.heads[layer].state_dict())}
@@ -155,15 +174,22 @@ def train_heads(
 
 
 def cached_batches(features: dict[str, Tensor], labels: Tensor, batch_size: int, device: torch.device,
-                   shuffle_seed: int | None = None):
-    """Batches of in-memory features; shuffled per epoch (dropping the last partial batch) when a seed is given."""
+                   shuffle_seed: int | None = None, epoch_size: int | None = None):
+    """Batches of in-memory features; shuffled per epoch (dropping the last partial batch) when a seed is given.
+
+    ``epoch_size`` (shuffled only) makes an epoch that many samples, cycling through fresh
+    permutations: low-shot probes train a few dozen images for as many steps as a full probe epoch.
+    """
+    count = len(labels)
 
     def batches(epoch: int = 0):
         if shuffle_seed is None:
-            order, stop = torch.arange(len(labels)), len(labels)
+            order, stop = torch.arange(count), count
         else:
-            order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(shuffle_seed * 1009 + epoch))
-            stop = len(labels) - batch_size + 1
+            gen = torch.Generator().manual_seed(shuffle_seed * 1009 + epoch)
+            size = epoch_size or count
+            order = torch.cat([torch.randperm(count, generator=gen) for _ in range(math.ceil(size / count))])[:size]
+            stop = size - batch_size + 1
         for start in range(0, max(stop, 0), batch_size):
             index = order[start : start + batch_size]
             yield {layer: f[index].to(device).float() for layer, f in features.items()}, labels[index].to(device)
@@ -182,6 +208,6 @@ def streamed_batches(encoder: Encoder, input_fn: Callable[[Tensor], Tensor], hea
         for batch in loader:
             on_bad(batch.bad_files)
             if batch.images.numel():
-                yield encode(encoder, input_fn, heads, batch, device), batch.labels.to(device)
+                yield encode(encoder, input_fn, heads.pools, batch, device), batch.labels.to(device)
 
     return batches

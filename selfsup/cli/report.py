@@ -1,0 +1,62 @@
+"""ssl-report: a paper-style markdown table and a per-layer chart from evaluation records.
+
+    ssl-report runs/rotation runs/random-alexnet_small              # every record found below these folders
+    ssl-report records/*.json --out results.md --chart results.png --published
+
+Reads the JSON records written by ssl-probe (linear, kNN, SVM, low-shot), ssl-finetune and
+ssl-detect, and ssl-pretrain's summary.json (for the pretraining columns). Nothing is typed by hand:
+rebuilding from the same records gives the same table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from selfsup.cli.common import command_line, user_errors_exit
+from selfsup.probes.records import load_records
+from selfsup.probes.report import build_report, draw_chart
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssl-report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", help="record files, or folders searched recursively for *.json records")
+    parser.add_argument("--out", default=None, help="markdown file (default: print to stdout only)")
+    parser.add_argument("--chart", default=None, help="PNG of per-layer accuracy per method (default: next to --out)")
+    parser.add_argument("--title", default="Frozen-encoder evaluation", help="heading of the report")
+    parser.add_argument("--published", action="store_true",
+                        help="add the published AlexNet/ImageNet rows of SPEC.md, labelled as such")
+    parser.add_argument("--description", default=None, help="a paragraph under the title (data, splits, budget)")
+    parser.add_argument("--order", default="", help="comma-separated methods in row order, e.g. rotation,jigsaw")
+    parser.add_argument("--notes", default=None, help="markdown file appended to the report (hand-written reading)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> str:
+    records = load_records(args.paths)
+    notes = Path(args.notes).read_text() if args.notes else None
+    order = [m for m in args.order.split(",") if m]
+    report = build_report(records, title=args.title, command=command_line(),
+                          published=args.published, notes=notes, description=args.description, order=order)
+    print(report)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(report)
+        print(f"report written to {out}", file=sys.stderr)
+    chart = args.chart or (str(Path(args.out).with_suffix(".png")) if args.out else None)
+    if chart:
+        written = draw_chart(records, chart, args.title, order)
+        print(f"chart written to {written}" if written else "no per-layer records: no chart", file=sys.stderr)
+    return report
+
+
+@user_errors_exit
+def main(argv: list[str] | None = None) -> int:
+    run(build_parser().parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

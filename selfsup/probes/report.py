@@ -1,0 +1,414 @@
+"""Paper-style tables and a per-layer chart built from evaluation records alone (`ssl-report`).
+
+Rows are methods (one per checkpoint; random encoders per input and size), the main table's columns
+are the linear probe's layers, the best layer, Δ against the matching random row, then one column per
+other protocol. Detail tables follow per protocol, then how every number was produced (commands,
+commits, machines). Numbers selected on the test split (forced runs) carry a dagger everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+LINEAR = "linear_probe"
+# protocols after the linear layers, in column order: kind -> column title
+PROTOCOL_TITLES = {
+    "knn": "kNN top-1",
+    "finetune": "fine-tune",
+    "lowshot_linear": "low-shot linear top-1",
+    "svm_voc07": "VOC07 SVM mAP",
+    "lowshot_svm": "low-shot SVM mAP",
+    "detection": "detection mAP",
+}
+FORCED_MARK = "†"
+
+# Published anchors (SPEC.md): AlexNet trained on ImageNet, linear probes on ImageNet (top-1 %), and
+# Fast R-CNN VOC07 detection mAP. Another data set and scale: shown beside, never mixed into, our rows.
+PUBLISHED_IMAGENET_ALEXNET = {
+    "supervised": (19.3, 36.3, 44.2, 48.3, 50.5, 56.8),
+    "random": (11.6, 17.1, 16.9, 16.3, 14.1, 43.4),
+    "context": (16.2, 23.3, 30.2, 31.7, 29.6, 51.1),
+    "colorization": (12.5, 24.5, 30.4, 31.5, 30.3, 46.9),
+    "jigsaw": (18.2, 28.8, 34.0, 33.9, 27.1, 53.2),
+    "counting": (18.0, 30.6, 34.3, 32.5, 25.7, 51.4),
+    "rotation": (18.8, 31.7, 38.7, 38.2, 36.5, 54.4),
+    "deepcluster": (12.9, 29.2, 38.2, 39.8, 36.1, 55.4),
+}
+PUBLISHED_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+
+
+def input_name(record: dict[str, Any]) -> str:
+    channels = record["encoder"].get("in_channels", 3)
+    return {1: "L", 2: "Sobel"}.get(channels, "RGB")
+
+
+def row_key(record: dict[str, Any]) -> tuple:
+    if record["method"] == "random":
+        return ("random", record["encoder"]["arch"], input_name(record), record.get("image_size"))
+    return (record["method"], record["checkpoint"])
+
+
+@dataclass
+class Row:
+    key: tuple
+    label: str = ""
+    records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    pretrain: dict[str, Any] | None = None
+
+    @property
+    def is_random(self) -> bool:
+        return self.key[0] == "random"
+
+    def first(self, kind: str) -> dict[str, Any] | None:
+        found = self.records.get(kind)
+        return found[0] if found else None
+
+
+def split_records(records: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(evaluation records, ssl-pretrain summaries)."""
+    evaluations, pretrains = [], []
+    for record in records:
+        (pretrains if record.get("kind") == "pretrain" else evaluations).append(record)
+    return evaluations, pretrains
+
+
+def build_rows(records: Sequence[dict[str, Any]], pretrains: Sequence[dict[str, Any]] = (),
+               order: Sequence[str] = ()) -> list[Row]:
+    """One row per method/checkpoint, random rows first, then methods in ``order`` (others after, as
+    found); a pretraining summary joins the row of the checkpoint it wrote."""
+    rows: dict[tuple, Row] = {}
+    for record in records:
+        row = rows.setdefault(row_key(record), Row(row_key(record)))
+        row.records.setdefault(record["kind"], []).append(record)
+    by_checkpoint = {str(summary.get("checkpoint")): summary for summary in pretrains}
+    methods: dict[str, int] = {}
+    for row in rows.values():
+        methods[row.key[0]] = methods.get(row.key[0], 0) + 1
+    for row in rows.values():
+        if row.is_random:
+            _, arch, channels, size = row.key
+            row.label = f"random init ({channels} input, {size} px)"
+        else:
+            method, checkpoint = row.key
+            row.label = method if methods[method] == 1 else f"{method} [{Path(checkpoint).parent.name}]"
+            row.pretrain = by_checkpoint.get(str(checkpoint))
+    rank = {method: i for i, method in enumerate(order)}
+    return sorted(rows.values(), key=lambda r: (not r.is_random, r.key[1:] if r.is_random else (rank.get(r.key[0], len(rank)),)))
+
+
+def linear_layers(rows: Sequence[Row]) -> list[str]:
+    layers: list[str] = []
+    for row in rows:
+        for record in row.records.get(LINEAR, []):
+            layers += [layer for layer in record["layers"] if layer not in layers]
+    return layers
+
+
+def _forced(record: dict[str, Any]) -> str:
+    return FORCED_MARK if record.get("forced_test_selection") else ""
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def best_linear(record: dict[str, Any]) -> tuple[str, float]:
+    """The layer with the best test top-1 (the papers' "best layer" column) and its value."""
+    layer = max(record["layers"], key=lambda name: record["layers"][name]["test_top1"])
+    return layer, record["layers"][layer]["test_top1"]
+
+
+def baseline_row(row: Row, rows: Sequence[Row]) -> Row | None:
+    """The random row of the same architecture and probe size, fed the same input when one exists
+    (L for a colorization encoder), RGB otherwise."""
+    record = row.first(LINEAR)
+    if record is None or row.is_random:
+        return None
+    candidates = [r for r in rows if r.is_random and r.first(LINEAR) is not None
+                  and r.key[1] == record["encoder"]["arch"] and r.key[3] == record.get("image_size")]
+    same_input = [r for r in candidates if r.key[2] == input_name(record)]
+    rgb = [r for r in candidates if r.key[2] == "RGB"]
+    return (same_input or rgb or [None])[0]
+
+
+def protocol_cell(kind: str, records: list[dict[str, Any]]) -> str:
+    """One summary value per protocol: the layer chosen on the selection split (kNN: val top-1),
+    the only layer when one was probed; low-shot: the largest k."""
+    record = records[0]
+    layers = record["layers"]
+    if not layers:
+        return ""
+    mark = _forced(record)
+    if kind == "knn":
+        layer = max(layers, key=lambda name: layers[name]["val_top1"])
+        return f"{layers[layer]['test_top1']:.2f}{mark} ({layer})"
+    if kind == "finetune":
+        return " / ".join(f"{_number(entry.get('test_top1', entry.get('test_mAP')))}{_forced(r)} ({name})"
+                          for r in records for name, entry in r["layers"].items())
+    if kind in ("svm_voc07", "detection"):
+        layer = max(layers, key=lambda name: layers[name].get("cv_mAP") or layers[name].get("test_mAP") or 0.0)
+        return f"{_number(layers[layer]['test_mAP'])}{mark} ({layer})"
+    if kind in ("lowshot_linear", "lowshot_svm"):
+        metric = "test_top1" if kind == "lowshot_linear" else "test_mAP"
+        layer = list(layers)[-1]
+        shots = sorted(layers[layer], key=int)
+        return "; ".join(f"k={k}: {layers[layer][k][metric]['mean']:.1f}±{layers[layer][k][metric]['std']:.1f}"
+                         for k in shots) + f"{mark} ({layer})"
+    return ""
+
+
+def data_name(record: dict[str, Any]) -> str:
+    return Path(str(record.get("data"))).name or str(record.get("data"))
+
+
+def protocol_columns(rows: Sequence[Row]) -> list[tuple[str, str | None]]:
+    """(kind, data set or None) per protocol column: one column per data set when a protocol ran on several."""
+    columns: list[tuple[str, str | None]] = []
+    for kind in PROTOCOL_TITLES:
+        names = sorted({data_name(r) for row in rows for r in row.records.get(kind, [])})
+        columns += [(kind, None)] if len(names) == 1 else [(kind, name) for name in names]
+    return columns
+
+
+def main_table(rows: Sequence[Row], published: bool = False) -> list[str]:
+    layers = linear_layers(rows)
+    columns = protocol_columns(rows)
+    with_pretrain = any(row.pretrain for row in rows)
+    header = ["method", *layers]
+    if layers:
+        header += ["best", "Δ vs random"]
+    header += [PROTOCOL_TITLES[kind] + (f" ({name})" if name else "") for kind, name in columns]
+    if with_pretrain:
+        header.append("pretrain min")
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for row in rows:
+        record = row.first(LINEAR)
+        cells = [row.label]
+        if layers:
+            if record is None:
+                cells += [""] * (len(layers) + 2)
+            else:
+                mark = _forced(record)
+                cells += [f"{record['layers'][layer]['test_top1']:.2f}{mark}" if layer in record["layers"] else ""
+                          for layer in layers]
+                best_layer, best = best_linear(record)
+                cells.append(f"{best:.2f}{mark}")
+                base = baseline_row(row, rows)
+                if base is None:
+                    cells.append("")
+                else:
+                    cells.append(f"{best - best_linear(base.first(LINEAR))[1]:+.2f} (vs {base.label})")
+        for kind, name in columns:
+            found = [r for r in row.records.get(kind, []) if name is None or data_name(r) == name]
+            cells.append(protocol_cell(kind, found) if found else "")
+        if with_pretrain:
+            cells.append(f"{row.pretrain['wall_time_s'] / 60:.1f}" if row.pretrain else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    if published and layers:
+        for method, values in PUBLISHED_IMAGENET_ALEXNET.items():
+            cells = [f"*published: {method} (AlexNet, ImageNet)*"]
+            cells += [f"*{values[PUBLISHED_LAYERS.index(layer)]:.1f}*" if layer in PUBLISHED_LAYERS else ""
+                      for layer in layers]
+            cells += [f"*{max(values[:5]):.1f}*", ""]
+            cells += [f"*{values[5]:.1f} (VOC07 det)*" if kind == "detection" else "" for kind, _ in columns]
+            if with_pretrain:
+                cells.append("")
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def per_layer_table(rows: Sequence[Row], kind: str, metric: str) -> list[str]:
+    layers: list[str] = []
+    for row in rows:
+        for record in row.records.get(kind, []):
+            layers += [layer for layer in record["layers"] if layer not in layers]
+    lines = ["| method | " + " | ".join(layers) + " |", "|---" * (len(layers) + 1) + "|"]
+    for row in rows:
+        for record in row.records.get(kind, []):
+            mark = _forced(record)
+            cells = []
+            for layer in layers:
+                entry = record["layers"].get(layer)
+                if entry is None:
+                    cells.append("")
+                elif kind == "knn":
+                    cells.append(f"{entry[metric]:.2f}{mark} (k={entry['k']})")
+                else:
+                    cells.append(f"{_number(entry.get(metric))}{mark}")
+            lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def svm_class_tables(rows: Sequence[Row]) -> list[tuple[str, list[str]]]:
+    """(data set, table of AP per class) for every data set the SVM protocol ran on."""
+    tables: dict[str, list[str]] = {}
+    for row in rows:
+        for record in row.records.get("svm_voc07", []):
+            for layer, entry in record["layers"].items():
+                classes = list(entry["test_AP"])
+                lines = tables.setdefault(data_name(record), [
+                    "| method | layer | " + " | ".join(classes) + " | mAP | mAP (VOC07 11-point) |",
+                    "|---" * (len(classes) + 4) + "|"])
+                lines.append(f"| {row.label} | {layer} | " + " | ".join(_number(entry["test_AP"].get(c)) for c in classes)
+                             + f" | {_number(entry['test_mAP'])}{_forced(record)} | {_number(entry.get('test_mAP_11pt'))} |")
+    return list(tables.items())
+
+
+def lowshot_table(rows: Sequence[Row], kind: str) -> list[str]:
+    metric = "test_top1" if kind == "lowshot_linear" else "test_mAP"
+    lines: list[str] = []
+    for row in rows:
+        for record in row.records.get(kind, []):
+            for layer, by_k in record["layers"].items():
+                shots = sorted(by_k, key=int)
+                if not lines:
+                    lines = ["| method | layer | " + " | ".join(f"k={k}" for k in shots) + " |",
+                             "|---" * (len(shots) + 2) + "|"]
+                lines.append(f"| {row.label} | {layer} | " + " | ".join(
+                    f"{by_k[k][metric]['mean']:.2f} ± {by_k[k][metric]['std']:.2f} ({len(by_k[k][metric]['draws'])} draws)"
+                    for k in shots) + " |")
+    return lines
+
+
+def pretrain_table(rows: Sequence[Row]) -> list[str]:
+    summaries = [(row.label, row.pretrain) for row in rows if row.pretrain]
+    if not summaries:
+        return []
+    lines = ["| method | epochs | steps | min | images/s | pretext metric (epoch averages over training batches) |",
+             "|---|---|---|---|---|---|"]
+    for label, summary in summaries:
+        lines.append(f"| {label} | {summary['epochs']} | {summary['steps']} | {summary['wall_time_s'] / 60:.1f} | "
+                     f"{summary['images_per_s']} | {pretext_progress(summary)} |")
+    return lines
+
+
+def pretext_progress(summary: dict[str, Any]) -> str:
+    history = summary.get("history") or []
+    if not history:
+        return ""
+    metric = next((m for m in ("count_acc", "acc") if m in history[-1]), None)
+    shown = ""
+    if metric:
+        shown = f"{metric} {100 * history[0][metric]:.1f}% (epoch 1) → {100 * history[-1][metric]:.1f}%"
+    else:
+        shown = f"loss {history[0]['loss']:.3f} (epoch 1) → {history[-1]['loss']:.3f}"
+    clustered = [e for e in history if "nmi_labels" in e]
+    if clustered:
+        seconds = sum(e["cluster_s"] + e["extract_s"] for e in clustered) / len(clustered)
+        shown += (f"; NMI with the labels {clustered[0]['nmi_labels']:.3f} → {clustered[-1]['nmi_labels']:.3f} "
+                  f"over {len(clustered)} clusterings; feature pass + k-means {seconds:.1f} s each")
+    if "knn_top1" in history[-1]:
+        shown += f"; kNN monitor top-1 {history[-1]['knn_top1']:.1f}%"
+    return shown
+
+
+def machine_text(record: dict[str, Any]) -> str:
+    machine = record.get("machine") or {}
+    text = (f"{machine.get('platform', '?')}, {machine.get('cpu_count', '?')} CPU cores, "
+            f"{machine.get('torch_threads', '?')} torch threads, torch {machine.get('torch', '?')}, "
+            f"device {machine.get('device', '?')}")
+    return text + (f" ({machine['gpu']})" if machine.get("gpu") else "")
+
+
+def provenance(rows: Sequence[Row]) -> list[str]:
+    lines = []
+    for row in rows:
+        if row.pretrain:
+            lines.append(f"- pretrain {row.label}: `{row.pretrain['command']}` — commit `{row.pretrain.get('git_commit')}`")
+        for kind, records in row.records.items():
+            for record in records:
+                lines.append(f"- {kind} {row.label}: `{record.get('command', '?')}` — "
+                             f"{record.get('wall_time_s', 0) / 60:.1f} min, commit `{record.get('git_commit')}`, "
+                             f"selection on {record.get('selection_split', 'val')}"
+                             + (" (FORCED)" if record.get("forced_test_selection") else ""))
+    everything = [r for row in rows for records in row.records.values() for r in records]
+    everything += [row.pretrain for row in rows if row.pretrain]
+    for machine in sorted({machine_text(r) for r in everything}):
+        lines.append(f"- machine: {machine}")
+    return lines
+
+
+def protocol_notes(rows: Sequence[Row]) -> list[str]:
+    notes = []
+    linear = [r for row in rows for r in row.records.get(LINEAR, [])]
+    if linear:
+        p = linear[0]["protocol"]
+        notes.append(
+            f"- linear probe protocol `{p['name']}`: {p['epochs']} epochs, batch {p['batch_size']}, lr {p['lr']} "
+            f"x{p['gamma']} at epochs {list(p['milestones'])}, SGD momentum {p['momentum']}, wd {p['weight_decay']}; "
+            f"features {linear[0].get('features', '?')}, augmentation {'on' if linear[0].get('augment') else 'off'}; "
+            f"probe sizes {sorted({r.get('image_size') for r in linear})} px")
+    return notes
+
+
+def build_report(records: Sequence[dict[str, Any]], *, title: str, command: str, published: bool = False,
+                 notes: str | None = None, description: str | None = None, order: Sequence[str] = ()) -> str:
+    evaluations, pretrains = split_records(records)
+    if not evaluations:
+        raise ValueError("no evaluation records found (files written by ssl-probe, ssl-finetune or ssl-detect)")
+    rows = build_rows(evaluations, pretrains, order)
+    splits = sorted({f"{r.get('reported_split', 'test')}" for r in evaluations})
+    datasets = sorted({str(r.get("data")) for r in evaluations})
+    lines = [f"# {title}", "",
+             f"Generated by `{command}` from {len(evaluations)} evaluation records"
+             + (f" and {len(pretrains)} pretraining summaries" if pretrains else "") + "; do not edit by hand.",
+             *([description] if description else []),
+             f"Data: {', '.join(datasets)}. Values are percent on the **{'/'.join(splits)}** split; epochs, k and "
+             "costs were chosen on val (SVM: cross-validation on trainval). Δ = best layer minus the best layer of "
+             "the random encoder of the same architecture and probe size, fed the same input (RGB when none matches)."]
+    if any(r.get("forced_test_selection") for r in evaluations):
+        lines.append(f"{FORCED_MARK} selected on the **test** split (forced by the user): not a fair comparison.")
+    lines += ["", *main_table(rows, published)]
+    if published:
+        lines += ["", "*Italic rows: published AlexNet numbers on ImageNet (SPEC.md), another data set and scale; "
+                  "shown for orientation only.*"]
+    sections = [
+        ("kNN top-1 per layer", per_layer_table(rows, "knn", "test_top1") if any("knn" in r.records for r in rows) else []),
+        *((f"VOC07 linear SVMs on {name}: AP per class (test)", table) for name, table in svm_class_tables(rows)),
+        ("Low-shot linear probes (test top-1, mean ± std over draws)", lowshot_table(rows, "lowshot_linear")),
+        ("Low-shot SVMs (test mAP, mean ± std over draws)", lowshot_table(rows, "lowshot_svm")),
+        ("Pretraining runs", pretrain_table(rows)),
+    ]
+    for heading, table in sections:
+        if table:
+            lines += ["", f"## {heading}", "", *table]
+    lines += ["", "## How it was produced", "", *protocol_notes(rows), *provenance(rows)]
+    if notes:
+        lines += ["", notes.strip()]
+    return "\n".join(lines) + "\n"
+
+
+def draw_chart(records: Sequence[dict[str, Any]], path: str | Path, title: str, order: Sequence[str] = ()) -> Path | None:
+    """Per-layer test top-1 per method: linear probes solid (random encoders dotted), kNN dashed. None when nothing is per-layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evaluations, _ = split_records(records)
+    rows = build_rows(evaluations, order=order)
+    series = [(row.label, kind, record) for row in rows for kind in (LINEAR, "knn")
+              for record in row.records.get(kind, [])]
+    if not series:
+        return None
+    layers = linear_layers(rows) or list(series[0][2]["layers"])
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for label, kind, record in series:
+        xs = [i for i, layer in enumerate(layers) if layer in record["layers"]]
+        ys = [record["layers"][layers[i]]["test_top1"] for i in xs]
+        style = "--" if kind == "knn" else (":" if label.startswith("random") else "-")
+        name = f"{label} ({'kNN' if kind == 'knn' else 'linear'})" + _forced(record)
+        ax.plot(xs, ys, style, marker="o", linewidth=1.6, markersize=4, label=name)
+    ax.set_xticks(range(len(layers)), layers)
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

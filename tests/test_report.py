@@ -1,0 +1,80 @@
+"""ssl-report: tables and charts rebuilt from records alone."""
+
+import json
+
+from selfsup.cli.report import main as report_main
+from selfsup.probes.records import check_selection, load_records, SelectionError
+from selfsup.probes.report import build_report
+
+import pytest
+
+LAYERS = ("conv1", "conv2", "conv3")
+
+
+def linear_record(method, scores, *, checkpoint="ckpt/last.pt", in_channels=3, size=32, forced=False):
+    return {
+        "kind": "linear_probe", "method": method, "checkpoint": "random" if method == "random" else checkpoint,
+        "encoder": {"arch": "alexnet_small", "in_channels": in_channels}, "image_size": size, "data": "demo",
+        "selection_split": "test" if forced else "val", "forced_test_selection": forced, "reported_split": "test",
+        "protocol": {"name": "common", "epochs": 30, "batch_size": 192, "lr": 0.01, "gamma": 0.1,
+                     "milestones": [10, 20], "momentum": 0.9, "weight_decay": 5e-4},
+        "layers": {layer: {"test_top1": s, "val_top1": s} for layer, s in zip(LAYERS, scores)},
+        "command": f"ssl-probe --checkpoint {method}", "git_commit": "abc1234", "wall_time_s": 30.0,
+        "machine": {"platform": "linux", "cpu_count": 2, "torch_threads": 2, "torch": "2.x", "device": "cpu"},
+    }
+
+
+def write(folder, name, record):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(json.dumps(record))
+
+
+def test_records_round_trip_into_the_table_with_delta_against_the_matching_random_row(tmp_path):
+    write(tmp_path, "random_rgb.json", linear_record("random", (30.0, 40.0, 41.0)))
+    write(tmp_path, "random_l.json", linear_record("random", (20.0, 25.0, 26.0), in_channels=1))
+    write(tmp_path, "rotation.json", linear_record("rotation", (35.0, 50.0, 47.5)))
+    write(tmp_path, "colorization.json", linear_record("colorization", (22.0, 31.0, 30.0), checkpoint="c/last.pt",
+                                                       in_channels=1))
+    (tmp_path / "unrelated.json").write_text(json.dumps({"not": "a record"}))
+    records = load_records([tmp_path])
+    assert len(records) == 4
+    report = build_report(records, title="t", command="ssl-report x", order=["rotation", "colorization"])
+    lines = report.splitlines()
+    rotation = next(line for line in lines if line.startswith("| rotation |"))
+    assert rotation.startswith("| rotation | 35.00 | 50.00 | 47.50 | 50.00 | +9.00 (vs random init (RGB input, 32 px))")
+    colorization = next(line for line in lines if line.startswith("| colorization |"))
+    assert "+5.00 (vs random init (L input, 32 px))" in colorization  # 31 - 26: the L-input random row
+    assert lines.index(rotation) < lines.index(colorization)  # --order
+    assert "ssl-probe --checkpoint rotation" in report and "†" not in report
+
+
+def test_forced_test_selection_is_marked_in_every_table(tmp_path):
+    write(tmp_path, "rotation.json", linear_record("rotation", (35.0, 50.0, 47.5), forced=True))
+    report = build_report(load_records([tmp_path]), title="t", command="c")
+    assert "| rotation | 35.00† | 50.00† | 47.50† | 50.00† |" in report
+    assert "selected on the **test** split" in report and "(FORCED)" in report
+
+
+def test_cli_writes_markdown_and_chart(tmp_path, capsys):
+    write(tmp_path / "records", "random.json", linear_record("random", (30.0, 40.0, 41.0)))
+    write(tmp_path / "records", "rotation.json", linear_record("rotation", (35.0, 50.0, 47.5)))
+    out = tmp_path / "report.md"
+    assert report_main([str(tmp_path / "records"), "--out", str(out), "--published"]) == 0
+    assert "published: rotation (AlexNet, ImageNet)" in out.read_text()
+    png = out.with_suffix(".png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_cli_without_records_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "x.json").write_text("{}")
+    assert report_main([str(tmp_path)]) == 2
+    assert "no evaluation records" in capsys.readouterr().err
+
+
+def test_test_split_selection_needs_force():
+    check_selection("val", False)
+    check_selection("test", True)
+    with pytest.raises(SelectionError, match="--force-test-selection"):
+        check_selection("test", False)
+    with pytest.raises(ValueError, match="allowed values are val, test"):
+        check_selection("train", False)
