@@ -2,33 +2,51 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """Writes via a temporary file in the same folder and renames it over ``path``.
+def _umask_mode() -> int:
+    """0o666 less the process umask: what a plain ``open(path, "w")`` would give (mkstemp gives 0o600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
-    A crash mid-write leaves the previous checkpoint intact: rename is atomic on POSIX.
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[IO]:
+    """A handle on a temporary file beside ``path``, renamed over ``path`` once the block succeeds.
+
+    A crash mid-write leaves the previous file intact: rename is atomic on POSIX. The file gets the
+    permissions a plain ``open`` would give, not mkstemp's owner-only ones.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+        with os.fdopen(fd, mode) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` through :func:`atomic_file`: a killed run never leaves half a checkpoint."""
+    with atomic_file(path) as handle:
+        torch.save(obj, handle)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

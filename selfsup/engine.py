@@ -93,9 +93,14 @@ class EpochContext:
         shard = list(range(self.dist.rank, len(self.source), self.dist.world_size))
         loader = eval_loader(IndexedSource(self.source, shard, "shard"), self.feature_view, batch_size=self.batch_size,
                              workers=self.workers, pin_memory=self.device.type == "cuda")
-        for batch in loader:
-            batch.indices = torch.as_tensor(shard)[batch.indices]
-            yield batch
+        # a pass over a large set takes minutes: show it, like the training steps
+        bar = tqdm(total=len(shard), desc=f"epoch {self.epoch + 1}: pass over the data", unit="img", leave=False,
+                   disable=not self.dist.is_main, mininterval=0.5 if sys.stderr.isatty() else 30.0)
+        with bar:
+            for batch in loader:
+                batch.indices = torch.as_tensor(shard)[batch.indices]
+                bar.update(len(batch.indices))
+                yield batch
 
     def autocast(self):
         return autocast_context(self.precision, self.device)

@@ -31,7 +31,6 @@ import itertools
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from selfsup.checkpoint import atomic_file
 from selfsup.config import ConfigError, option
 from selfsup.models import Encoder
 from selfsup.pretext.base import Examples, PretextTask, accuracy
@@ -162,15 +162,8 @@ def permutation_set(n: int, seed: int) -> np.ndarray:
         perms = hamming_permutations(n, seed)
         source = "generated"
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    np.save(handle, perms)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic_file(path) as handle:
+                np.save(handle, perms)
             source = f"generated, cached at {path}"
         except OSError as exc:
             log.warning("could not cache the permutation set at %s: %s", path, exc)

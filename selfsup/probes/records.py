@@ -12,14 +12,13 @@ every table built from it repeats.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 
+from selfsup.checkpoint import atomic_file
 from selfsup.cli.common import command_line, git_commit, machine_description
 
 RECORD_VERSION = 1
@@ -70,18 +69,10 @@ def finish_record(record: dict[str, Any], *, started: float, device: torch.devic
 
 def write_record(record: dict[str, Any], path: str | Path) -> Path:
     """Atomic write (temporary file + rename), so an interrupted run never leaves half a record."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(record, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path, "w") as handle:
+        json.dump(record, handle, indent=2)
+        handle.write("\n")
+    return Path(path)
 
 
 def is_record(obj: Any) -> bool:

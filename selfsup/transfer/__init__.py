@@ -1,0 +1,1 @@
+"""Transfer of pretrained encoders: RGB front-end folding, backbone export, detection."""
