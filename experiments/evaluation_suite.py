@@ -4,8 +4,8 @@
     python experiments/evaluation_suite.py --suite voc-real --checkpoint CKPT   # VOC07 SVMs on raccoon + fruits
     python experiments/evaluation_suite.py --suite demo --table-only            # rebuild from the records
 
-demo: linear probes (all layers), kNN, low-shot linear probes, full fine-tuning and VOC07 linear SVMs
-on the demo set's VOC split; every command's wall time is in its record. voc-real: the VOC07 SVM
+demo: linear probes (all layers), kNN, low-shot linear probes, full fine-tuning, and on the demo
+set's VOC split the VOC07 linear SVMs and multi-label fine-tuning (fc6-8 and all); every command's wall time is in its record. voc-real: the VOC07 SVM
 protocol on the real photos of ../shared/data (raccoon, fruits) for a checkpoint and a random encoder.
 Records go to experiments/records/<suite>_evaluation/, the table to experiments/results/ (ssl-report).
 """
@@ -35,8 +35,12 @@ def demo_suite(records: Path, runs: Path, checkpoint: str | None) -> None:
         run([*probe, "--out", str(records / f"linear_{name}.json")])
         run([*probe, "--method", "knn", "--out", str(records / f"knn_{name}.json")])
         run([*probe, "--shots", "1,5,20,100", "--draws", "3", "--out", str(records / f"lowshot_{name}.json")])
-        run([*probe[:-2], "--freeze", "all", "--method", "svm", "--out", str(records / f"svm_{name}.json")])
+        run([tool("ssl-probe"), "--checkpoint", source, "--method", "svm", "--data", "demo-voc", "--freeze", "all",
+             "--out", str(records / f"svm_{name}.json")])
         run([tool("ssl-finetune"), "--checkpoint", source, "--data", "demo", "--out", str(records / f"finetune_{name}.json")])
+        for freeze, column in (("conv5", "fc6-8"), ("none", "all")):  # the VOC07 classification columns of the papers
+            run([tool("ssl-finetune"), "--checkpoint", source, "--data", "demo-voc", "--freeze", freeze,
+                 "--out", str(records / f"finetune_voc_{column}_{name}.json")])
 
 
 def voc_real_suite(records: Path, scratch: Path, checkpoint: str, image_size: int) -> None:

@@ -5,7 +5,8 @@
     ssl-probe --checkpoint random --freeze all                     # the random-initialisation row
     ssl-probe --checkpoint runs/rotation/last.pt --method knn      # weighted kNN on L2-normalised features
     ssl-probe --checkpoint runs/rotation/last.pt --shots 1,5,10    # low-shot linear probes, several draws
-    ssl-probe --checkpoint runs/rotation/last.pt --method svm --data VOC_DIR   # VOC07 linear SVMs, mAP
+    ssl-probe --checkpoint runs/rotation/last.pt --method svm      # VOC07 linear SVMs on the demo VOC split, mAP
+    ssl-probe --checkpoint runs/rotation/last.pt --method svm --data VOC_DIR
     ssl-probe ... --save-features feats/                           # pooled features + labels as .npy
 
 Every choice (probe epoch, kNN k, SVM cost) is made on val (SVM: cross-validation on trainval);
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "SVM per class on a VOC-layout dataset (Goyal et al. 2019), mAP")
     parser.add_argument("--data", default=None,
                         help="labelled data (default: the checkpoint's pretraining data, else demo); for --method svm "
-                             "a VOC-layout folder, or 'demo' for the demo set's VOC split")
+                             "a VOC-layout folder, or demo-voc (the default) for the demo set's VOC split")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--pool", default="auto", choices=PRESETS, help="feature pooling preset (see SPEC.md)")
     parser.add_argument("--protocol", default="common", choices=sorted(PROTOCOLS), help="optimiser preset (linear)")
@@ -373,8 +374,8 @@ def run_svm(context: ProbeContext) -> dict[str, Any]:
     from selfsup.probes.svm import DEFAULT_COSTS, low_shot_indices, train_voc_svms
 
     args = context.args
-    data = args.data or "demo"
-    root = resolve_voc_root(data, args.data_root)
+    data = args.data or "demo-voc"
+    root = resolve_voc_root("demo" if data in ("demo", "demo-voc") else data, args.data_root)
     trainval, test = open_voc(root, "trainval"), open_voc(root, "test")
     classes = list(trainval.classes)
     costs = args.svm_costs or list(DEFAULT_COSTS)
