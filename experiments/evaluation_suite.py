@@ -28,8 +28,10 @@ def demo_suite(records: Path, runs: Path, checkpoint: str | None) -> None:
     if checkpoint is None:
         out = runs / "rotation"
         run([tool("ssl-pretrain"), "--task", "rotation", "--data", "demo", "--out", str(out)])
-        shutil.copy(out / "summary.json", records / "pretrain_rotation.json")
         checkpoint = str(out / "last.pt")
+    summary = Path(checkpoint).parent / "summary.json"
+    if summary.is_file():
+        shutil.copy(summary, records / "pretrain_rotation.json")
     for name, source in (("rotation", checkpoint), ("random", "random")):
         probe = [tool("ssl-probe"), "--checkpoint", source, "--data", "demo", "--freeze", "all"]
         run([*probe, "--out", str(records / f"linear_{name}.json")])
