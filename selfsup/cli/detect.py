@@ -1,0 +1,340 @@
+"""ssl-detect: detection transfer, a pretrained (or random) encoder as the backbone of Faster R-CNN.
+
+    ssl-detect --checkpoint runs/rotation/last.pt                          # demo VOC set, CPU-sized
+    ssl-detect --checkpoint runs/rotation/last.pt --data /data/VOCdevkit/VOC2007 --min-size 600 --max-size 1000
+    ssl-detect --checkpoint random --arch alexnet_small                    # the random-initialisation row
+    ssl-detect --checkpoint runs/r18/last.pt --backbone c4 --freeze res2   # ResNet C4 (default: FPN)
+
+Backbones, heads and anchors: see `selfsup.transfer.detection`. The encoder takes ImageNet-normalised
+RGB, its task's front-end (colorization's L, DeepCluster's Sobel) folded into conv1 (``--frontend fold``,
+see `selfsup.transfer.frontend`), or keeps the task's exact input mapping in front (``--frontend exact``).
+
+Training: horizontal flips, short side drawn from ``--multiscale`` (default: ``--min-size`` only); SGD,
+momentum 0.9, weight decay 1e-4, linear warm-up over the first epoch (at most 500 steps) from 0.001 x
+``--lr``, then x0.1 at 2/3 and 8/9 of the epochs (Detectron's schedule shape); difficult objects are not
+trained on. The selection split (val) is scored every ``--eval-every`` epochs and after the last, and
+the best epoch's weights are kept in memory; test is evaluated once, with them, by the VOC07 devkit's
+rules (`selfsup.transfer.voc_eval`: IoU >= 0.5, difficult objects ignored, 11-point AP and area AP).
+Writes a JSON record (kind "detection") and a PNG of test images with their true and predicted boxes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+# OpenMP's default is to spin while waiting for its other threads; on a CPU shared with other jobs a
+# spinning thread waits for a descheduled sibling at every parallel region, and a demo run measured 3x
+# slower (0.84 vs 0.28 s per training image on 2 busy cores). It is read when torch loads OpenMP: now.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch
+from torch.utils.data import DataLoader
+
+from selfsup.checkpoint import load_checkpoint, seed_everything
+from selfsup.cli.common import user_errors_exit
+from selfsup.config import ModelConfig
+from selfsup.data.loading import BadFileLog, EpochBatchSampler
+from selfsup.data.voc import open_voc, resolve_voc_root, voc_classes
+from selfsup.distributed import pick_device
+from selfsup.models import Encoder, build_encoder
+from selfsup.pretext import TASKS, build_task
+from selfsup.probes.frozen import FrozenEncoder, load_frozen
+from selfsup.probes.records import SELECTION_SPLITS, check_selection, finish_record, new_record, write_record
+from selfsup.transfer.detection import (
+    BACKBONES,
+    FC_DIM,
+    MAX_SIZE,
+    MIN_SIZE,
+    DetectionDataset,
+    PretextFC,
+    build_detector,
+    collate_items,
+    draw_detections,
+    evaluate,
+    freeze_batchnorm,
+    freeze_layers,
+    is_alexnet,
+    lr_factor,
+    pretext_fc,
+    rescale_backbone,
+    resolve_backbone,
+    train_one_epoch,
+)
+from selfsup.transfer.frontend import fold_input_mapping
+from selfsup.transfer.voc_eval import DetectionScores, format_ap_table
+
+EVAL_BATCH = 8
+RESCALE_IMAGES = 32
+MAX_WARMUP_STEPS = 500
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers, e.g. 128,160,192")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssl-detect", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="an ssl-pretrain checkpoint (last.pt) or 'random'")
+    parser.add_argument("--data", default="demo", help="a VOC-layout folder (e.g. VOCdevkit/VOC2007) or 'demo' (default)")
+    parser.add_argument("--data-root", default=None, help="where the demo set is cached")
+    parser.add_argument("--backbone", default="auto", choices=BACKBONES,
+                        help="auto (default): conv5 for AlexNets, fpn for ResNets; c4: ResNet res4 + res5 box head")
+    parser.add_argument("--frontend", default="fold", choices=("fold", "exact"),
+                        help="fold (default): the task's input mapping folded into conv1, the encoder takes "
+                             "ImageNet-normalised RGB; exact: the task's own mapping in front of the encoder")
+    parser.add_argument("--freeze", default="none",
+                        help="'none' (default) trains every stage; a layer (e.g. conv2, res2) keeps it and all before it fixed")
+    bn = parser.add_mutually_exclusive_group()
+    bn.add_argument("--frozen-bn", dest="frozen_bn", action="store_true", default=True,
+                    help="BatchNorms fixed at their pretrained statistics and affine (default)")
+    bn.add_argument("--trainable-bn", dest="frozen_bn", action="store_false",
+                    help="BatchNorms train (batch statistics) in the stages that are not frozen")
+    parser.add_argument("--min-size", type=int, default=MIN_SIZE, help=f"short side at test time, px (default {MIN_SIZE})")
+    parser.add_argument("--max-size", type=int, default=MAX_SIZE, help=f"cap on the long side, px (default {MAX_SIZE})")
+    parser.add_argument("--multiscale", type=int_list, default=None,
+                        help="short sides drawn from in training, e.g. 112,128,144 (default: --min-size only)")
+    parser.add_argument("--epochs", type=int, default=16,
+                        help="training epochs (default 16: the demo set in about 8 minutes on 2 CPU cores)")
+    parser.add_argument("--lr", type=float, default=0.02, help="peak learning rate (default 0.02)")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per step (default 4)")
+    parser.add_argument("--fc-dim", type=int, default=FC_DIM,
+                        help=f"width of fresh fc6/fc7 box heads (default {FC_DIM}; pretext fc layers keep theirs)")
+    parser.add_argument("--rescale", action="store_true",
+                        help="Krähenbühl et al. 2016 within-layer rescaling of the trainable encoder stages on "
+                             f"{RESCALE_IMAGES} training images before training")
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--val-split", default="val")
+    parser.add_argument("--test-split", default="test")
+    parser.add_argument("--selection-split", default="val", choices=SELECTION_SPLITS,
+                        help="split that picks the epoch kept; test is refused without --force-test-selection")
+    parser.add_argument("--force-test-selection", action="store_true",
+                        help="allow --selection-split test; the record is marked as test-selected")
+    parser.add_argument("--eval-every", type=int, default=1, help="score the selection split every N epochs (and after the last)")
+    parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "auto"),
+                        help="bf16 autocast of backbone and box head (default), fp32, or auto (bf16 on CUDA only)")
+    parser.add_argument("--arch", default=ModelConfig.arch, help="encoder for --checkpoint random")
+    parser.add_argument("--width", type=float, default=None, help="width multiplier for --checkpoint random")
+    parser.add_argument("--input-like", default="rotation", choices=sorted(TASKS),
+                        help="for --checkpoint random: feed the encoder as this task does (e.g. colorization: L only)")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="result JSON (default: next to the checkpoint, detect_<backbone>.json)")
+    parser.add_argument("--figure", default=None, help="PNG of test detections (default: next to the record)")
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    for name in ("epochs", "batch_size", "min_size", "max_size", "fc_dim", "eval_every", "lr"):
+        value = getattr(args, name)
+        if value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} {value} is invalid: must be above 0")
+    if args.workers < 0:
+        raise ValueError(f"--workers {args.workers} is invalid: must be at least 0")
+    if args.rescale and not args.frozen_bn:
+        raise ValueError("--rescale is invalid with --trainable-bn: a BatchNorm that trains renormalises every batch "
+                         "and undoes the rescaling; allowed: --rescale with --frozen-bn (the default)")
+    if args.max_size < args.min_size:
+        raise ValueError(f"--max-size {args.max_size} is invalid: must be at least --min-size {args.min_size}")
+    check_selection(args.selection_split, args.force_test_selection)
+
+
+def default_out(args: argparse.Namespace, frozen: FrozenEncoder, backbone: str) -> Path:
+    if args.out:
+        return Path(args.out)
+    name = f"detect_{backbone}.json"
+    if frozen.name == "random":
+        suffix = "" if args.input_like == "rotation" else f"-{args.input_like}-input"
+        return Path("runs") / f"random-{args.arch}{suffix}" / name
+    return Path(frozen.checkpoint).parent / name
+
+
+def pretext_head(frozen: FrozenEncoder) -> PretextFC | None:
+    """fc6/fc7 of the checkpoint's pretext head, for the AlexNet box head (DeepCluster and Jigsaw only)."""
+    if frozen.name not in ("deepcluster", "jigsaw") or not is_alexnet(frozen.encoder):
+        return None
+    state = load_checkpoint(frozen.checkpoint)
+    spec, task_spec = state["encoder"], state["task"]
+    encoder = build_encoder(spec["arch"], in_channels=spec["in_channels"], width=spec["width"])
+    task = build_task(task_spec["name"], encoder, task_spec["options"], num_classes=task_spec.get("num_classes"))
+    task.load_state_dict(state["model"])
+    return pretext_fc(task)
+
+
+def prepare_encoder(args: argparse.Namespace, frozen: FrozenEncoder) -> tuple[Encoder, Callable | None, str]:
+    """The encoder to train (front-end folded or not), the input mapping to put before it, and what was done."""
+    if args.frontend == "exact":
+        return frozen.encoder, frozen.input_fn, "exact: the task's input mapping in front of the encoder"
+    task = frozen.record["task"]
+    if frozen.name == "random":
+        encoder, folded = fold_input_mapping(frozen.encoder, task["input"], {})
+    else:
+        encoder, folded = fold_input_mapping(frozen.encoder, task["name"], task.get("options", {}))
+    return encoder, None, f"fold: {folded}"
+
+
+def _percent(value: float | None) -> float | None:
+    return None if value is None else round(100.0 * value, 2)
+
+
+def scores_entry(scores: DetectionScores, classes: list[str], split: str, per_class: bool) -> dict[str, Any]:
+    entry: dict[str, Any] = {f"{split}_mAP": _percent(scores.mean["voc07"]), f"{split}_mAP_area": _percent(scores.mean["area"])}
+    if per_class:
+        entry[f"{split}_AP"] = {name: _percent(ap) for name, ap in zip(classes, scores.ap["voc07"])}
+        entry[f"{split}_AP_area"] = {name: _percent(ap) for name, ap in zip(classes, scores.ap["area"])}
+    return entry
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.perf_counter()
+    check_args(args)
+    device = pick_device(args.device)
+    seed_everything(args.seed)
+    frozen = load_frozen(args.checkpoint, arch=args.arch, width=args.width, image_size=None, seed=args.seed,
+                         input_task=args.input_like)
+    backbone = resolve_backbone(frozen.encoder, args.backbone)
+    root = resolve_voc_root(args.data, args.data_root)
+    classes = voc_classes(root)
+    splits = {role: open_voc(root, getattr(args, f"{role}_split"), classes) for role in ("train", "val", "test")}
+    if len(splits["train"]) < args.batch_size:
+        raise ValueError(f"--batch-size {args.batch_size} is invalid for {splits['train'].describe()}: "
+                         "must be at most the number of training images")
+
+    encoder, input_fn, frontend_text = prepare_encoder(args, frozen)
+    frozen_norms = freeze_batchnorm(encoder) if args.frozen_bn else 0
+    freeze_layers(encoder, args.freeze)
+    model, parts = build_detector(encoder, len(classes), backbone=backbone, min_size=args.min_size,
+                                  max_size=args.max_size, train_sizes=args.multiscale, input_fn=input_fn,
+                                  pretext=pretext_head(frozen), fc_dim=args.fc_dim, precision=args.precision)
+    train_set = DetectionDataset(splits["train"], train=True)
+    rescaled = None
+    if args.rescale:
+        images = [item.image.float() / 255 for item in (train_set[i] for i in range(min(RESCALE_IMAGES, len(train_set))))
+                  if item.image is not None]
+        rescaled = [unit.name for unit in rescale_backbone(model, images)]
+    model.to(device)
+
+    sampler = EpochBatchSampler(len(train_set), args.batch_size, seed=args.seed)
+    train_loader = DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers, collate_fn=collate_items)
+    eval_loaders = {role: DataLoader(DetectionDataset(splits[role], train=False), batch_size=EVAL_BATCH,
+                                     num_workers=args.workers, collate_fn=collate_items) for role in ("val", "test")}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=args.lr, momentum=0.9, weight_decay=1e-4)
+    steps = sampler.steps_per_epoch
+    warmup = min(MAX_WARMUP_STEPS, steps)
+    milestones = [round(args.epochs * steps * 2 / 3), round(args.epochs * steps * 8 / 9)]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, milestones))
+    arch = frozen.record["encoder"]["arch"]
+    print(f"ssl-detect: {frozen.name} {arch}, Faster R-CNN {backbone} ({parts['box_head']}); freeze {args.freeze}, "
+          f"{'frozen' if args.frozen_bn else 'trainable'} BatchNorm, {sum(p.numel() for p in trainable):,} trained "
+          f"parameters; {splits['train'].describe()}; {args.epochs} epochs x {steps} steps of {args.batch_size}, "
+          f"lr {args.lr:g}, sizes {parts['train_sizes']} (test {args.min_size}, max {args.max_size}), {args.precision}",
+          file=sys.stderr)
+
+    selection = args.selection_split
+    bad = BadFileLog()
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    for epoch in range(args.epochs):
+        epoch_started = time.perf_counter()
+        sampler.set_epoch(epoch)
+        stats = train_one_epoch(model, train_loader, optimizer, scheduler, device, f"epoch {epoch + 1}/{args.epochs}", bad.add)
+        entry: dict[str, Any] = {"epoch": epoch + 1, **stats}
+        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
+            scores = evaluate(model, eval_loaders[selection], splits[selection], device, selection, bad.add)[0]
+            entry.update(scores_entry(scores, classes, selection, per_class=False))
+            if best is None or (scores.mean["voc07"] or 0.0) > (best["scores"].mean["voc07"] or 0.0):
+                state = {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()}
+                best = {"epoch": epoch + 1, "scores": scores, "state": state}
+        entry["seconds"] = round(time.perf_counter() - epoch_started, 1)
+        history.append(entry)
+        shown = f", {selection} mAP {entry[f'{selection}_mAP']}" if f"{selection}_mAP" in entry else ""
+        print(f"epoch {epoch + 1}/{args.epochs}: loss {stats.get('loss', float('nan')):.4f}{shown}, "
+              f"{stats['images_per_s']:.1f} img/s, {entry['seconds']} s", file=sys.stderr)
+
+    model.load_state_dict(best["state"])
+    other = "test" if selection == "val" else "val"
+    other_scores, indices, detections = evaluate(model, eval_loaders[other], splits[other], device, other, bad.add)
+    scores = {selection: best["scores"], other: other_scores}
+    result: dict[str, Any] = {"best_epoch": best["epoch"]}
+    for role in ("val", "test"):
+        result.update(scores_entry(scores[role], classes, role, per_class=role == "test"))
+
+    record = new_record(
+        "detection",
+        method=frozen.name,
+        checkpoint=frozen.checkpoint,
+        encoder=frozen.record["encoder"],
+        pretraining={k: v for k, v in frozen.record.items() if k != "encoder"},
+        data=args.data,
+        splits={"root": str(root), "classes": classes,
+                **{role: split.describe() for role, split in splits.items()}},
+        protocol={
+            "detector": "torchvision Faster R-CNN",
+            **parts,
+            "frontend": frontend_text,
+            "freeze": args.freeze,
+            "batchnorm": f"frozen ({frozen_norms} FrozenBatchNorm2d)" if args.frozen_bn else "trainable",
+            "rescale": {"method": "Krähenbühl et al. 2016 within-layer: conv weights scaled, BatchNorm shifted so "
+                                  "that every unit's output has per-channel mean 0, std 1 on the rescaling images",
+                        "images": RESCALE_IMAGES, "units": rescaled} if rescaled is not None else None,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "optimizer": {"name": "sgd", "lr": args.lr, "momentum": 0.9, "weight_decay": 1e-4,
+                          "warmup_steps": warmup, "warmup_start": 0.001, "milestone_steps": milestones, "gamma": 0.1},
+            "augmentation": "horizontal flip" + (f", short side from {args.multiscale}" if args.multiscale else ""),
+            "difficult": "not trained on; ignored in evaluation",
+            "evaluation": "VOC07 devkit rules, IoU >= 0.5; mAP: 11-point, mAP_area: area under the precision envelope",
+            "precision": args.precision,
+            "selection_metric": f"{selection} mAP (11-point)",
+            "seed": args.seed,
+        },
+        selection_split=selection,
+        force_test_selection=args.force_test_selection,
+    )
+    out_path = default_out(args, frozen, backbone)
+    test_indices, test_detections = ((indices, detections) if other == "test"
+                                     else evaluate(model, eval_loaders["test"], splits["test"], device, "test", bad.add)[1:])
+    figure = draw_detections(splits["test"], test_indices, test_detections, args.figure or out_path.with_suffix(".png"))
+    # image_size: the test-time short side, the key tables use to pair a row with its random baseline
+    record.update(layers={backbone: result}, history=history, figure=str(figure), image_size=args.min_size,
+                  trainable_parameters=sum(p.numel() for p in trainable), bad_files_skipped=bad.count)
+    finish_record(record, started=started, device=device)
+    out = write_record(record, out_path)
+    print(f"detection: {frozen.name} ({arch}), Faster R-CNN {backbone}, data {args.data}, best epoch {best['epoch']} of "
+          f"{args.epochs} on {selection}")
+    print(format_ap_table(scores["test"], classes))
+    print(f"val mAP {result['val_mAP']} (area {result['val_mAP_area']}), test mAP {result['test_mAP']} "
+          f"(area {result['test_mAP_area']})")
+    forced = " (FORCED: test-selected)" if record["forced_test_selection"] else ""
+    print(f"\nselected on {selection}{forced}, reported on test; {bad.count} unreadable files skipped; "
+          f"{record['wall_time_s']} s; record written to {out}, figure to {figure}")
+    return record
+
+
+@user_errors_exit
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except KeyboardInterrupt:
+        # records are written atomically at the very end, so nothing partial exists
+        print("interrupted; no record written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
