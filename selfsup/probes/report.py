@@ -153,7 +153,7 @@ def protocol_cell(kind: str, records: list[dict[str, Any]]) -> str:
     if kind in ("lowshot_linear", "lowshot_svm"):
         metric = "test_top1" if kind == "lowshot_linear" else "test_mAP"
         layer = list(layers)[-1]
-        shots = sorted(layers[layer], key=int)
+        shots = sorted((k for k in layers[layer] if k.isdigit()), key=int)
         return "; ".join(f"k={k}: {layers[layer][k][metric]['mean']:.1f}±{layers[layer][k][metric]['std']:.1f}"
                          for k in shots) + f"{mark} ({layer})"
     return ""
@@ -262,7 +262,7 @@ def lowshot_table(rows: Sequence[Row], kind: str) -> list[str]:
     for row in rows:
         for record in row.records.get(kind, []):
             for layer, by_k in record["layers"].items():
-                shots = sorted(by_k, key=int)
+                shots = sorted((k for k in by_k if k.isdigit()), key=int)
                 if not lines:
                     lines = ["| method | layer | " + " | ".join(f"k={k}" for k in shots) + " |",
                              "|---" * (len(shots) + 2) + "|"]
