@@ -45,9 +45,9 @@ def demo_suite(records: Path, runs: Path, checkpoint: str | None) -> None:
                  "--out", str(records / f"finetune_voc_{column}_{name}.json")])
 
 
-def voc_real_suite(records: Path, scratch: Path, checkpoint: str, image_size: int) -> None:
+def voc_real_suite(records: Path, scratch: Path, checkpoint: str, image_size: int, shared: Path) -> None:
     for name in VOC_SETS:
-        archive = SHARED / f"{name}.tar.gz"
+        archive = shared / f"{name}.tar.gz"
         if not archive.is_file():
             raise SystemExit(f"{archive} does not exist: this suite needs ../shared/data")
         if not (scratch / name).is_dir():
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64, help="voc-real: probe input size")
     parser.add_argument("--runs", default="runs/experiments", help="folder for checkpoints (not committed)")
     parser.add_argument("--scratch", default="/tmp/selfsup-voc", help="voc-real: where the archives are extracted")
+    parser.add_argument("--shared-data", default=str(SHARED), help="voc-real: folder holding the VOC archives")
     parser.add_argument("--table-only", action="store_true", help="rebuild the table from the committed records")
     args = parser.parse_args()
     os.chdir(HERE.parent)  # the recorded commands use paths relative to the repository
@@ -78,7 +79,7 @@ def main() -> None:
         else:
             if not args.checkpoint:
                 parser.error("--suite voc-real needs --checkpoint")
-            voc_real_suite(records, Path(args.scratch), args.checkpoint, args.image_size)
+            voc_real_suite(records, Path(args.scratch), args.checkpoint, args.image_size, Path(args.shared_data))
     titles = {"demo": "Every evaluation protocol on the demo set: rotation vs random",
               "voc-real": "VOC07 linear SVMs on real photos (raccoon, fruits)"}
     table = HERE / "results" / f"{name}.md"
