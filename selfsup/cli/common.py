@@ -51,6 +51,17 @@ def add_overrides(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, t
             parser.add_argument(flag, dest=dotted, type=kind, default=None, help=f"{text} ({dotted})")
 
 
+def int_list(text: str) -> list[int]:
+    """argparse type: a comma-separated list of positive integers, e.g. ``1,5,20``."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers, e.g. 1,5,20")
+    return values
+
+
 def given_overrides(args: argparse.Namespace, flags: dict[str, tuple[str, type, str]]) -> dict[str, Any]:
     return {dotted: getattr(args, dotted) for dotted, _, _ in flags.values() if getattr(args, dotted) is not None}
 

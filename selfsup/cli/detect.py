@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from selfsup.checkpoint import load_checkpoint, seed_everything
-from selfsup.cli.common import user_errors_exit
+from selfsup.cli.common import int_list, user_errors_exit
 from selfsup.config import ModelConfig
 from selfsup.data.loading import BadFileLog, EpochBatchSampler
 from selfsup.data.voc import open_voc, resolve_voc_root, voc_classes
@@ -71,16 +71,6 @@ from selfsup.transfer.voc_eval import DetectionScores, format_ap_table
 EVAL_BATCH = 8
 RESCALE_IMAGES = 32
 MAX_WARMUP_STEPS = 500
-
-
-def int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers, e.g. 128,160,192")
-    return values
 
 
 def build_parser() -> argparse.ArgumentParser:

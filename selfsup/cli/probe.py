@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from selfsup.checkpoint import seed_everything
-from selfsup.cli.common import user_errors_exit
+from selfsup.cli.common import int_list, user_errors_exit
 from selfsup.config import DataConfig, ModelConfig
 from selfsup.data.loading import BadFileLog, CenterCrop, EpochBatchSampler, RandomCrop, eval_loader, train_loader
 from selfsup.data.sources import DataError, ImageSource, open_splits
@@ -51,16 +51,6 @@ from selfsup.pretext import TASKS
 METHODS = ("linear", "knn", "svm")
 KNN_KS = (10, 20, 50, 100, 200)
 KNN_TEMPERATURE = 0.07
-
-
-def int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers, e.g. 1,5,10")
-    return values
 
 
 def float_list(text: str) -> list[float]:
