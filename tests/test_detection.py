@@ -17,11 +17,11 @@ from selfsup.data.voc import open_voc
 from selfsup.models import build_encoder
 from selfsup.pretext.deepcluster import DeepClusterConfig, DeepClusterTask
 from selfsup.pretext.jigsaw import JigsawConfig, JigsawTask
+from selfsup.models.base import freeze_layers
 from selfsup.transfer.detection import (
     DetectionDataset,
     build_detector,
     freeze_batchnorm,
-    freeze_layers,
     lr_factor,
     pretext_fc,
     rescale_backbone,

@@ -57,7 +57,6 @@ from selfsup.transfer.detection import (
     draw_detections,
     evaluate,
     freeze_batchnorm,
-    freeze_layers,
     is_alexnet,
     lr_factor,
     pretext_fc,
@@ -65,6 +64,7 @@ from selfsup.transfer.detection import (
     resolve_backbone,
     train_one_epoch,
 )
+from selfsup.models.base import freeze_layers
 from selfsup.transfer.frontend import fold_input_mapping
 from selfsup.transfer.voc_eval import DetectionScores, format_ap_table
 

@@ -47,6 +47,7 @@ from selfsup.probes.finetune import (
     fit,
     trained_from,
 )
+from selfsup.models.base import freeze_layers
 from selfsup.probes.frozen import FrozenEncoder, load_frozen
 from selfsup.probes.records import SELECTION_SPLITS, check_selection, finish_record, new_record, write_record
 
@@ -148,19 +149,6 @@ def open_data(data: str, data_root: str | None, seed: int) -> tuple[dict[str, Im
     return {"train": splits.train, "val": splits.val, "test": splits.test}, SingleLabel(), splits.notes
 
 
-def freeze_encoder(frozen: FrozenEncoder, freeze: str) -> None:
-    """Freezes the stages up to ``freeze`` (their BatchNorms stay in eval mode) unless it is ``none``."""
-    if freeze == "none":
-        return
-    encoder = frozen.encoder
-    try:
-        encoder.canonical(freeze)
-    except ValueError:
-        allowed = ["none", *encoder.layer_names, *encoder.aliases]
-        raise ValueError(f"--freeze {freeze!r} is invalid for {encoder.arch}: allowed values are {', '.join(allowed)}") from None
-    encoder.freeze_through(freeze)
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     check_args(args)
@@ -169,7 +157,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     frozen = load_frozen(args.checkpoint, arch=args.arch, width=args.width, image_size=args.image_size, seed=args.seed,
                          input_task=args.input_like)
     encoder = frozen.encoder
-    freeze_encoder(frozen, args.freeze)
+    freeze_layers(encoder, args.freeze)
     trained_on = frozen.record.get("data", {})
     data = args.data or trained_on.get("spec") or "demo"
     data_root = args.data_root or (trained_on.get("root") if data == trained_on.get("spec") else None)

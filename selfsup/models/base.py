@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["Encoder"]
+__all__ = ["Encoder", "freeze_layers"]
 
 
 class Encoder(nn.Module):
@@ -129,3 +129,15 @@ class Encoder(nn.Module):
                 if isinstance(m, _BatchNorm):
                     m.eval()
         return self
+
+
+def freeze_layers(encoder: Encoder, freeze: str) -> None:
+    """Keeps the stages up to ``freeze`` fixed (``none``: everything trains)."""
+    if freeze == "none":
+        return
+    try:
+        encoder.canonical(freeze)
+    except ValueError:
+        allowed = ["none", *encoder.layer_names, *encoder.aliases]
+        raise ValueError(f"--freeze {freeze!r} is invalid for {encoder.arch}: allowed values are {', '.join(allowed)}") from None
+    encoder.freeze_through(freeze)

@@ -133,18 +133,6 @@ def freeze_batchnorm(module: nn.Module) -> int:
     return count
 
 
-def freeze_layers(encoder: Encoder, freeze: str) -> None:
-    """Keeps the stages up to ``freeze`` fixed (``none``: everything trains)."""
-    if freeze == "none":
-        return
-    try:
-        encoder.canonical(freeze)
-    except ValueError:
-        allowed = ["none", *encoder.layer_names, *encoder.aliases]
-        raise ValueError(f"--freeze {freeze!r} is invalid for {encoder.arch}: allowed values are {', '.join(allowed)}") from None
-    encoder.freeze_through(freeze)
-
-
 def _to_float(value: Any) -> Any:
     if isinstance(value, Tensor):
         return value.float()
