@@ -48,6 +48,31 @@ def test_records_round_trip_into_the_table_with_delta_against_the_matching_rando
     assert "ssl-probe --checkpoint rotation" in report and "†" not in report
 
 
+def detection_record(method, ap, *, data, checkpoint="ckpt/last.pt"):
+    record = linear_record(method, (), checkpoint=checkpoint, size=128)
+    mean = sum(ap.values()) / len(ap)
+    record.update(kind="detection", data=data, protocol={
+        "detector": "torchvision Faster R-CNN", "backbone": "conv5", "epochs": 8, "batch_size": 4,
+        "optimizer": {"lr": 0.02}, "freeze": "none", "batchnorm": "frozen", "rescale": None, "frontend": "fold: none"})
+    record["layers"] = {"conv5": {"best_epoch": 7, "val_mAP": mean, "test_mAP": mean, "test_mAP_area": mean + 1,
+                                  "test_AP": ap, "test_AP_area": ap}}
+    return record
+
+
+def test_detection_records_give_a_column_per_data_set_and_per_class_tables_with_delta(tmp_path):
+    write(tmp_path, "rand_f.json", detection_record("random", {"apple": 40.0, "banana": 20.0}, data="/x/fruits_voc"))
+    write(tmp_path, "rot_f.json", detection_record("rotation", {"apple": 50.0, "banana": 40.0}, data="/x/fruits_voc"))
+    write(tmp_path, "rand_r.json", detection_record("random", {"raccoon": 30.0}, data="/x/raccoon_voc"))
+    write(tmp_path, "rot_r.json", detection_record("rotation", {"raccoon": 45.5}, data="/x/raccoon_voc"))
+    report = build_report(load_records([tmp_path]), title="t", command="c")
+    assert "| method | detection mAP (fruits_voc) | detection mAP (raccoon_voc) |" in report
+    assert "| rotation | 45.00 (conv5) | 45.50 (conv5) |" in report
+    assert "## Detection on fruits_voc: AP per class (test, IoU 0.5)" in report
+    assert "| rotation | conv5 | 50.00 | 40.00 | 45.00 | 46.00 | +15.00 (vs random init (RGB input, 128 px)) |" in report
+    assert "| rotation | conv5 | 45.50 | 45.50 | 46.50 | +15.50 (vs random init (RGB input, 128 px)) |" in report
+    assert "8 epochs x batch 4" in report
+
+
 def test_forced_test_selection_is_marked_in_every_table(tmp_path):
     write(tmp_path, "rotation.json", linear_record("rotation", (35.0, 50.0, 47.5), forced=True))
     report = build_report(load_records([tmp_path]), title="t", command="c")

@@ -42,19 +42,22 @@ def lowshot_linear(train: FeatureSet, select_batches: Callable[[], Iterable], te
                    progress: Callable[[str], None] = print) -> dict[str, dict[str, dict]]:
     """``{layer: {str(k): {"test_top1": summary, "selection_top1": summary, "images": n}}}``."""
     results: dict[str, dict[str, dict]] = {layer: {} for layer in dims}
+    # every draw scores the selection split after every epoch: convert its bfloat16 cache to float32 once
+    selection = list(select_batches())
     for k in shots:
         test_runs: dict[str, list[float]] = {layer: [] for layer in dims}
         select_runs: dict[str, list[float]] = {layer: [] for layer in dims}
         for draw in range(draws):
             draw_seed = seed * 7919 + k * 131 + draw
             sample = train.subset(sample_per_class(train.labels, k, draw_seed))
+            sample_features = {layer: f.float() for layer, f in sample.features.items()}
             batch_size = min(protocol.batch_size, len(sample.labels))
             epoch_size = max(len(sample.labels), MIN_EPOCH_IMAGES)
             torch.manual_seed(draw_seed)
             heads = LinearHeads(pools, dims, num_classes).to(device)
-            batches = cached_batches(sample.features, sample.labels, batch_size, device, shuffle_seed=draw_seed,
+            batches = cached_batches(sample_features, sample.labels, batch_size, device, shuffle_seed=draw_seed,
                                      epoch_size=epoch_size)
-            best, _ = train_heads(heads, batches, select_batches, dataclasses.replace(protocol, batch_size=batch_size),
+            best, _ = train_heads(heads, batches, lambda: selection, dataclasses.replace(protocol, batch_size=batch_size),
                                   steps_per_epoch=epoch_size // batch_size)
             for layer in dims:
                 heads.heads[layer].load_state_dict(best[layer]["state"])

@@ -120,16 +120,20 @@ def best_linear(record: dict[str, Any]) -> tuple[str, float]:
     return layer, record["layers"][layer]["test_top1"]
 
 
-def baseline_row(row: Row, rows: Sequence[Row]) -> Row | None:
-    """The random row of the same architecture and probe size, fed the same input when one exists
-    (L for a colorization encoder), RGB otherwise."""
-    record = row.first(LINEAR)
+def baseline_record(row: Row, rows: Sequence[Row], kind: str, data: str | None = None) -> tuple[Row, dict[str, Any]] | None:
+    """The random row (and its ``kind`` record, on ``data`` when given) of the same architecture and
+    probe size, fed the same input when one exists (L for a colorization encoder), RGB otherwise."""
+    record = next((r for r in row.records.get(kind, []) if data is None or data_name(r) == data), None)
     if record is None or row.is_random:
         return None
-    candidates = [r for r in rows if r.is_random and r.first(LINEAR) is not None
-                  and r.key[1] == record["encoder"]["arch"] and r.key[3] == record.get("image_size")]
-    same_input = [r for r in candidates if r.key[2] == input_name(record)]
-    rgb = [r for r in candidates if r.key[2] == "RGB"]
+    candidates = []
+    for other in rows:
+        if other.is_random and other.key[1] == record["encoder"]["arch"] and other.key[3] == record.get("image_size"):
+            match = next((r for r in other.records.get(kind, []) if data is None or data_name(r) == data), None)
+            if match is not None:
+                candidates.append((other, match))
+    same_input = [c for c in candidates if c[0].key[2] == input_name(record)]
+    rgb = [c for c in candidates if c[0].key[2] == "RGB"]
     return (same_input or rgb or [None])[0]
 
 
@@ -195,11 +199,11 @@ def main_table(rows: Sequence[Row], published: bool = False) -> list[str]:
                           for layer in layers]
                 best_layer, best = best_linear(record)
                 cells.append(f"{best:.2f}{mark}")
-                base = baseline_row(row, rows)
+                base = baseline_record(row, rows, LINEAR)
                 if base is None:
                     cells.append("")
                 else:
-                    cells.append(f"{best - best_linear(base.first(LINEAR))[1]:+.2f} (vs {base.label})")
+                    cells.append(f"{best - best_linear(base[1])[1]:+.2f} (vs {base[0].label})")
         for kind, name in columns:
             found = [r for r in row.records.get(kind, []) if name is None or data_name(r) == name]
             cells.append(protocol_cell(kind, found) if found else "")
@@ -241,18 +245,25 @@ def per_layer_table(rows: Sequence[Row], kind: str, metric: str) -> list[str]:
     return lines
 
 
-def svm_class_tables(rows: Sequence[Row]) -> list[tuple[str, list[str]]]:
-    """(data set, table of AP per class) for every data set the SVM protocol ran on."""
+def class_tables(rows: Sequence[Row], kind: str) -> list[tuple[str, list[str]]]:
+    """(data set, table of test AP per class) for every data set a VOC protocol (SVM, detection) ran on,
+    with each mAP's difference from the matching random row's mAP on the same data."""
     tables: dict[str, list[str]] = {}
     for row in rows:
-        for record in row.records.get("svm_voc07", []):
+        for record in row.records.get(kind, []):
+            base = baseline_record(row, rows, kind, data_name(record))
             for layer, entry in record["layers"].items():
                 classes = list(entry["test_AP"])
                 lines = tables.setdefault(data_name(record), [
-                    "| method | layer | " + " | ".join(classes) + " | mAP (VOC07 11-point) | mAP (area, Goyal et al.) |",
-                    "|---" * (len(classes) + 4) + "|"])
+                    "| method | layer | " + " | ".join(classes) + " | mAP (VOC07 11-point) | mAP (area) "
+                    "| Δ mAP vs random |", "|---" * (len(classes) + 5) + "|"])
+                delta = ""
+                base_entry = base[1]["layers"].get(layer) if base else None
+                if base_entry and entry["test_mAP"] is not None and base_entry["test_mAP"] is not None:
+                    delta = f"{entry['test_mAP'] - base_entry['test_mAP']:+.2f} (vs {base[0].label})"
                 lines.append(f"| {row.label} | {layer} | " + " | ".join(_number(entry["test_AP"].get(c)) for c in classes)
-                             + f" | {_number(entry['test_mAP'])}{_forced(record)} | {_number(entry.get('test_mAP_area'))} |")
+                             + f" | {_number(entry['test_mAP'])}{_forced(record)} | {_number(entry.get('test_mAP_area'))} "
+                             f"| {delta} |")
     return list(tables.items())
 
 
@@ -340,6 +351,13 @@ def protocol_notes(rows: Sequence[Row]) -> list[str]:
             f"x{p['gamma']} at epochs {list(p['milestones'])}, SGD momentum {p['momentum']}, wd {p['weight_decay']}; "
             f"features {linear[0].get('features', '?')}, augmentation {'on' if linear[0].get('augment') else 'off'}; "
             f"probe sizes {sorted({r.get('image_size') for r in linear})} px")
+    for record in (r for row in rows for r in row.records.get("detection", [])):
+        p = record["protocol"]
+        notes.append(
+            f"- detection {data_name(record)}, {record['method']}: {p['detector']} {p.get('backbone', '')}, "
+            f"{p['epochs']} epochs x batch {p['batch_size']}, lr {p['optimizer']['lr']}, short side {record.get('image_size')} px, "
+            f"freeze {p['freeze']}, BatchNorm {p['batchnorm']}, rescale {'on' if p.get('rescale') else 'off'}, "
+            f"{p['frontend']}, best epoch {next(iter(record['layers'].values())).get('best_epoch')} on {record['selection_split']}")
     return notes
 
 
@@ -366,7 +384,8 @@ def build_report(records: Sequence[dict[str, Any]], *, title: str, command: str,
                   "shown for orientation only.*"]
     sections = [
         ("kNN top-1 per layer", per_layer_table(rows, "knn", "test_top1") if any("knn" in r.records for r in rows) else []),
-        *((f"VOC07 linear SVMs on {name}: AP per class (test)", table) for name, table in svm_class_tables(rows)),
+        *((f"VOC07 linear SVMs on {name}: AP per class (test)", table) for name, table in class_tables(rows, "svm_voc07")),
+        *((f"Detection on {name}: AP per class (test, IoU 0.5)", table) for name, table in class_tables(rows, "detection")),
         ("Low-shot linear probes (test top-1, mean ± std over draws)", lowshot_table(rows, "lowshot_linear")),
         ("Low-shot SVMs (test mAP, mean ± std over draws)", lowshot_table(rows, "lowshot_svm")),
         ("Pretraining runs", pretrain_table(rows)),
