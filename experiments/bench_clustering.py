@@ -3,6 +3,8 @@
     python experiments/bench_clustering.py                         # 50k x 256 features, k = 1000
     python experiments/bench_clustering.py --record experiments/records/bench_clustering.json
     python experiments/bench_clustering.py --summary RUN/summary.json   # + share of a DeepCluster epoch
+    python experiments/bench_clustering.py --summary experiments/records/cifar10_tasks/pretrain_deepcluster.json \
+        --record experiments/records/bench_clustering.json --markdown experiments/results/bench_clustering.md
 
 Part 1 clusters synthetic features shaped like DeepCluster's (PCA-whitened, L2-normalised, drawn
 around k centres so that k-means has structure to find) with both back-ends at the same iterations,
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from selfsup.cli.common import command_line, git_commit, machine_description
 from selfsup.pretext.clustering import faiss_available, kmeans, l2_normalize, nmi, pca_whiten
 
 
@@ -74,6 +77,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--summary", type=Path, help="summary.json of a DeepCluster run (part 2)")
     parser.add_argument("--record", type=Path, help="write the results as JSON here")
+    parser.add_argument("--markdown", type=Path, help="write the results as a markdown table here")
     args = parser.parse_args()
 
     machine = f"{platform.platform()}, {torch.get_num_threads()} threads"
@@ -92,10 +96,37 @@ def main() -> None:
         for row in shares:
             print(f"{row['epoch']:>5}{row['epoch_s']:>10.1f}{row['extract_s']:>11.2f}{row['kmeans_s']:>11.2f}"
                   f"{row['clustering_share']:>8.1%}{row['nmi_labels'] or float('nan'):>12.3f}")
+    record = {"kmeans": kmeans_rows, "epochs": shares, "machine": machine_description(torch.device("cpu")),
+              "summary": str(args.summary) if args.summary else None, "command": command_line(),
+              "git_commit": git_commit()}
     if args.record:
         args.record.parent.mkdir(parents=True, exist_ok=True)
-        args.record.write_text(json.dumps({"kmeans": kmeans_rows, "epochs": shares, "machine": machine,
-                                           "summary": str(args.summary) if args.summary else None}, indent=2))
+        args.record.write_text(json.dumps(record, indent=2))
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(markdown(record))
+
+
+def markdown(record: dict) -> str:
+    machine = record["machine"]
+    lines = ["# DeepCluster's clustering step: faiss vs scikit-learn, and its share of an epoch", "",
+             f"Made by `{record['command']}` at commit `{record['git_commit']}` on {machine['platform']}, "
+             f"{machine['cpu_count']} CPU cores, {machine['torch_threads']} torch threads; do not edit by hand.", "",
+             "| back-end | features | k | iterations | seconds | objective | empty clusters repaired | NMI between back-ends |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in record["kmeans"]:
+        lines.append(f"| {row['backend']} | {row['n']:,} x {row['dim']} | {row['k']} | {row['iterations']} | "
+                     f"{row['seconds']:.2f} | {row['objective']:.1f} | {row['empty_clusters_repaired']} | "
+                     f"{row.get('nmi_between_backends', '')} |")
+    if record["epochs"]:
+        lines += ["", f"Clustering step per epoch of the DeepCluster run summarised in `{record['summary']}`:", "",
+                  "| epoch | epoch s | feature pass s | PCA + k-means s | clustering share of the epoch | NMI with labels |",
+                  "|---|---|---|---|---|---|"]
+        for row in record["epochs"]:
+            nmi_text = "" if row["nmi_labels"] is None else f"{row['nmi_labels']:.3f}"
+            lines.append(f"| {row['epoch']} | {row['epoch_s']:.1f} | {row['extract_s']:.2f} | {row['kmeans_s']:.2f} | "
+                         f"{100 * row['clustering_share']:.1f}% | {nmi_text} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
