@@ -57,9 +57,9 @@ def voc_real_suite(records: Path, scratch: Path, shared: Path, checkpoints: dict
             copy_pretraining(checkpoint, records, method)
     for name, epochs in EPOCHS.items():
         archive = shared / f"{name}.tar.gz"
-        if not archive.is_file():
-            raise SystemExit(f"{archive} does not exist: this suite needs ../shared/data")
         if not (scratch / name).is_dir():
+            if not archive.is_file():
+                raise SystemExit(f"{archive} does not exist: this suite needs ../shared/data (or --shared-data)")
             with tarfile.open(archive) as tar:
                 tar.extractall(scratch, filter="data")
         sources = {**{m: c for m, c in checkpoints.items() if c is not None}, "random": "random"}

@@ -48,9 +48,9 @@ def demo_suite(records: Path, runs: Path, checkpoint: str | None) -> None:
 def voc_real_suite(records: Path, scratch: Path, checkpoint: str, image_size: int, shared: Path) -> None:
     for name in VOC_SETS:
         archive = shared / f"{name}.tar.gz"
-        if not archive.is_file():
-            raise SystemExit(f"{archive} does not exist: this suite needs ../shared/data")
         if not (scratch / name).is_dir():
+            if not archive.is_file():
+                raise SystemExit(f"{archive} does not exist: this suite needs ../shared/data (or --shared-data)")
             with tarfile.open(archive) as tar:
                 tar.extractall(scratch, filter="data")
         for method, source in (("rotation", checkpoint), ("random", "random")):
