@@ -21,12 +21,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import tarfile
 from pathlib import Path
 
-from rotation_vs_random import HERE, run, tool
+from rotation_vs_random import HERE, SHARED_DATA, run, shared_voc_folder, tool
 
-SHARED = HERE.parent.parent / "shared" / "data"
 # voc-real budget: epochs per data set so that every run trains on about 1,500 images
 EPOCHS = {"raccoon_voc": 12, "fruits_voc": 8}
 ORDER = ("rotation", "supervised")
@@ -56,15 +54,10 @@ def voc_real_suite(records: Path, scratch: Path, shared: Path, checkpoints: dict
         if checkpoint is not None:
             copy_pretraining(checkpoint, records, method)
     for name, epochs in EPOCHS.items():
-        archive = shared / f"{name}.tar.gz"
-        if not (scratch / name).is_dir():
-            if not archive.is_file():
-                raise SystemExit(f"{archive} does not exist: this suite needs ../shared/data (or --shared-data)")
-            with tarfile.open(archive) as tar:
-                tar.extractall(scratch, filter="data")
+        folder = shared_voc_folder(name, scratch, shared)
         sources = {**{m: c for m, c in checkpoints.items() if c is not None}, "random": "random"}
         for method, source in sources.items():
-            run([tool("ssl-detect"), "--checkpoint", source, "--data", str(scratch / name), "--epochs", str(epochs),
+            run([tool("ssl-detect"), "--checkpoint", source, "--data", str(folder), "--epochs", str(epochs),
                  "--out", str(records / f"detect_{name}_{method}.json")])
 
 
@@ -75,7 +68,7 @@ def main() -> None:
     parser.add_argument("--supervised", help="supervised checkpoint (demo: default = pretrain one first)")
     parser.add_argument("--runs", default="runs/experiments", help="folder for checkpoints (not committed)")
     parser.add_argument("--scratch", default="/tmp/selfsup-voc", help="voc-real: where the archives are extracted")
-    parser.add_argument("--shared-data", default=str(SHARED), help="voc-real: folder holding the VOC archives")
+    parser.add_argument("--shared-data", default=str(SHARED_DATA), help="voc-real: folder holding the VOC archives")
     parser.add_argument("--table-only", action="store_true", help="rebuild the table from the committed records")
     args = parser.parse_args()
     checkpoints = {"rotation": args.rotation, "supervised": args.supervised}

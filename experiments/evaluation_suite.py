@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import tarfile
 from pathlib import Path
 
-from rotation_vs_random import HERE, run, tool
+from rotation_vs_random import HERE, SHARED_DATA, run, shared_voc_folder, tool
 
-SHARED = HERE.parent.parent / "shared" / "data"
 VOC_SETS = ("raccoon_voc", "fruits_voc")
 
 
@@ -47,14 +45,9 @@ def demo_suite(records: Path, runs: Path, checkpoint: str | None) -> None:
 
 def voc_real_suite(records: Path, scratch: Path, checkpoint: str, image_size: int, shared: Path) -> None:
     for name in VOC_SETS:
-        archive = shared / f"{name}.tar.gz"
-        if not (scratch / name).is_dir():
-            if not archive.is_file():
-                raise SystemExit(f"{archive} does not exist: this suite needs ../shared/data (or --shared-data)")
-            with tarfile.open(archive) as tar:
-                tar.extractall(scratch, filter="data")
+        folder = shared_voc_folder(name, scratch, shared)
         for method, source in (("rotation", checkpoint), ("random", "random")):
-            run([tool("ssl-probe"), "--checkpoint", source, "--method", "svm", "--data", str(scratch / name),
+            run([tool("ssl-probe"), "--checkpoint", source, "--method", "svm", "--data", str(folder),
                  "--freeze", "all", "--image-size", str(image_size),
                  "--out", str(records / f"svm_{name}_{method}.json")])
 
@@ -66,7 +59,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64, help="voc-real: probe input size")
     parser.add_argument("--runs", default="runs/experiments", help="folder for checkpoints (not committed)")
     parser.add_argument("--scratch", default="/tmp/selfsup-voc", help="voc-real: where the archives are extracted")
-    parser.add_argument("--shared-data", default=str(SHARED), help="voc-real: folder holding the VOC archives")
+    parser.add_argument("--shared-data", default=str(SHARED_DATA), help="voc-real: folder holding the VOC archives")
     parser.add_argument("--table-only", action="store_true", help="rebuild the table from the committed records")
     args = parser.parse_args()
     os.chdir(HERE.parent)  # the recorded commands use paths relative to the repository

@@ -20,7 +20,8 @@ import tarfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-CIFAR_ARCHIVE = HERE.parent.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+SHARED_DATA = HERE.parent.parent / "shared" / "data"  # ../shared/data beside the repository
+CIFAR_ARCHIVE = SHARED_DATA / "cifar10-jpg.tar.gz"
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 # per dataset: pretraining flags (beyond --data/--out) and a description of the splits
 PRESETS = {
@@ -41,6 +42,18 @@ def cifar_folder(scratch: Path) -> Path:
         print(f"extracting {CIFAR_ARCHIVE} to {scratch} ...", flush=True)
         with tarfile.open(CIFAR_ARCHIVE) as archive:
             archive.extractall(scratch, filter="data")
+    return target
+
+
+def shared_voc_folder(name: str, scratch: Path, shared: Path) -> Path:
+    """A VOC-layout set of ../shared/data (e.g. raccoon_voc), extracted to ``scratch`` the first time."""
+    target = scratch / name
+    if not target.is_dir():
+        archive = shared / f"{name}.tar.gz"
+        if not archive.is_file():
+            sys.exit(f"{archive} does not exist: this suite needs ../shared/data (or --shared-data)")
+        with tarfile.open(archive) as tar:
+            tar.extractall(scratch, filter="data")
     return target
 
 
