@@ -3,6 +3,7 @@ the same detector, budget and seed, then the VOC AP table (ssl-report).
 
     python experiments/detection_transfer.py --suite demo                  # demo VOC split, ssl-detect defaults
     python experiments/detection_transfer.py --suite voc-real --rotation CKPT --supervised CKPT
+    python experiments/detection_transfer.py --suite voc-real --rotation CKPT --seeds 1,2 --methods rotation,random
     python experiments/detection_transfer.py --suite voc-real --table-only # rebuild from the records
 
 demo: the rotation and supervised demo checkpoints (pretrained first with `ssl-pretrain --task rotation`
@@ -30,6 +31,10 @@ EPOCHS = {"raccoon_voc": 12, "fruits_voc": 8}
 ORDER = ("rotation", "supervised")
 
 
+def int_list_or_zero(text: str) -> list[int]:
+    return [int(part) for part in text.split(",")]
+
+
 def copy_pretraining(checkpoint: str, records: Path, method: str) -> None:
     summary = Path(checkpoint).parent / "summary.json"
     if summary.is_file():
@@ -47,18 +52,22 @@ def demo_suite(records: Path, runs: Path, checkpoints: dict[str, str | None]) ->
     run([tool("ssl-detect"), "--checkpoint", "random", "--out", str(records / "detect_random.json")])
 
 
-def voc_real_suite(records: Path, scratch: Path, shared: Path, checkpoints: dict[str, str | None]) -> None:
-    if checkpoints["rotation"] is None:
+def voc_real_suite(records: Path, scratch: Path, shared: Path, checkpoints: dict[str, str | None],
+                   seeds: list[int], methods: list[str]) -> None:
+    """Every data set x method x seed; seed 0 is the table's main run, other seeds add a mean ± std."""
+    if checkpoints["rotation"] is None and "rotation" in methods:
         raise SystemExit("--suite voc-real needs --rotation CKPT (see the commands in this script's help)")
     for method, checkpoint in checkpoints.items():
         if checkpoint is not None:
             copy_pretraining(checkpoint, records, method)
+    sources = {**{m: c for m, c in checkpoints.items() if c is not None}, "random": "random"}
     for name, epochs in EPOCHS.items():
         folder = shared_voc_folder(name, scratch, shared)
-        sources = {**{m: c for m, c in checkpoints.items() if c is not None}, "random": "random"}
-        for method, source in sources.items():
-            run([tool("ssl-detect"), "--checkpoint", source, "--data", str(folder), "--epochs", str(epochs),
-                 "--out", str(records / f"detect_{name}_{method}.json")])
+        for seed in seeds:
+            for method in (m for m in sources if m in methods):
+                suffix = f"_seed{seed}" if seed else ""
+                run([tool("ssl-detect"), "--checkpoint", sources[method], "--data", str(folder), "--epochs", str(epochs),
+                     "--seed", str(seed), "--out", str(records / f"detect_{name}_{method}{suffix}.json")])
 
 
 def main() -> None:
@@ -69,6 +78,9 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/experiments", help="folder for checkpoints (not committed)")
     parser.add_argument("--scratch", default="/tmp/selfsup-voc", help="voc-real: where the archives are extracted")
     parser.add_argument("--shared-data", default=str(SHARED_DATA), help="voc-real: folder holding the VOC archives")
+    parser.add_argument("--seeds", type=int_list_or_zero, default=[0], help="voc-real: seeds, e.g. 0,1,2 (default 0)")
+    parser.add_argument("--methods", default="rotation,supervised,random",
+                        help="voc-real: which backbones to train (default rotation,supervised,random)")
     parser.add_argument("--table-only", action="store_true", help="rebuild the table from the committed records")
     args = parser.parse_args()
     checkpoints = {"rotation": args.rotation, "supervised": args.supervised}
@@ -81,7 +93,8 @@ def main() -> None:
         if args.suite == "demo":
             demo_suite(records, Path(args.runs) / name, checkpoints)
         else:
-            voc_real_suite(records, Path(args.scratch), Path(args.shared_data), checkpoints)
+            voc_real_suite(records, Path(args.scratch), Path(args.shared_data), checkpoints, args.seeds,
+                           args.methods.split(","))
     table = HERE / "results" / f"{name}.md"
     notes = HERE / name / "NOTES.md"
     budget = ("ssl-detect defaults" if args.suite == "demo" else

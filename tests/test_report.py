@@ -73,6 +73,17 @@ def test_detection_records_give_a_column_per_data_set_and_per_class_tables_with_
     assert "8 epochs x batch 4" in report
 
 
+def test_detection_seeds_are_summarised_and_compared_seed_by_seed(tmp_path):
+    for seed, (random_ap, rotation_ap) in enumerate(((30.0, 40.0), (34.0, 41.0))):
+        for method, ap in (("random", random_ap), ("rotation", rotation_ap)):
+            record = detection_record(method, {"raccoon": ap}, data="/x/raccoon_voc")
+            record["protocol"]["seed"] = seed
+            write(tmp_path, f"{method}_{seed}.json", record)
+    report = build_report(load_records([tmp_path]), title="t", command="c")
+    assert "| rotation | 40.50 ± 0.71 (conv5, 2 seeds) |" in report
+    assert "| rotation | conv5, seed 1 | 41.00 | 41.00 | 42.00 | +7.00 (vs random init (RGB input, 128 px)) |" in report
+
+
 def test_forced_test_selection_is_marked_in_every_table(tmp_path):
     write(tmp_path, "rotation.json", linear_record("rotation", (35.0, 50.0, 47.5), forced=True))
     report = build_report(load_records([tmp_path]), title="t", command="c")

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from selfsup.probes.lowshot import summarize
+
 LINEAR = "linear_probe"
 # protocols after the linear layers, in column order: kind -> column title
 PROTOCOL_TITLES = {
@@ -120,16 +122,24 @@ def best_linear(record: dict[str, Any]) -> tuple[str, float]:
     return layer, record["layers"][layer]["test_top1"]
 
 
-def baseline_record(row: Row, rows: Sequence[Row], kind: str, data: str | None = None) -> tuple[Row, dict[str, Any]] | None:
-    """The random row (and its ``kind`` record, on ``data`` when given) of the same architecture and
-    probe size, fed the same input when one exists (L for a colorization encoder), RGB otherwise."""
-    record = next((r for r in row.records.get(kind, []) if data is None or data_name(r) == data), None)
+def seed_of(record: dict[str, Any]) -> int | None:
+    return (record.get("protocol") or {}).get("seed")
+
+
+def baseline_record(row: Row, rows: Sequence[Row], kind: str, data: str | None = None,
+                    seed: int | None = None) -> tuple[Row, dict[str, Any]] | None:
+    """The random row (and its ``kind`` record, on ``data`` and with ``seed`` when given) of the same
+    architecture and probe size, fed the same input when one exists (L for a colorization encoder), RGB otherwise."""
+    def wanted(r: dict[str, Any]) -> bool:
+        return (data is None or data_name(r) == data) and (seed is None or seed_of(r) == seed)
+
+    record = next((r for r in row.records.get(kind, []) if wanted(r)), None)
     if record is None or row.is_random:
         return None
     candidates = []
     for other in rows:
         if other.is_random and other.key[1] == record["encoder"]["arch"] and other.key[3] == record.get("image_size"):
-            match = next((r for r in other.records.get(kind, []) if data is None or data_name(r) == data), None)
+            match = next((r for r in other.records.get(kind, []) if wanted(r)), None)
             if match is not None:
                 candidates.append((other, match))
     same_input = [c for c in candidates if c[0].key[2] == input_name(record)]
@@ -151,6 +161,12 @@ def protocol_cell(kind: str, records: list[dict[str, Any]]) -> str:
     if kind == "finetune":
         return " / ".join(f"{_number(entry.get('test_top1', entry.get('test_mAP')))}{_forced(r)} ({name})"
                           for r in records for name, entry in r["layers"].items())
+    if kind == "detection" and len(records) > 1:  # one record per seed
+        layer = next(iter(layers))
+        values = [r["layers"][layer]["test_mAP"] or 0.0 for r in records]
+        summary = summarize(values)
+        mark = FORCED_MARK if any(r.get("forced_test_selection") for r in records) else ""
+        return f"{summary['mean']:.2f} ± {summary['std']:.2f}{mark} ({layer}, {len(values)} seeds)"
     if kind in ("svm_voc07", "detection"):
         layer = max(layers, key=lambda name: layers[name].get("cv_mAP") or layers[name].get("test_mAP") or 0.0)
         return f"{_number(layers[layer]['test_mAP'])}{mark} ({layer})"
@@ -251,7 +267,9 @@ def class_tables(rows: Sequence[Row], kind: str) -> list[tuple[str, list[str]]]:
     tables: dict[str, list[str]] = {}
     for row in rows:
         for record in row.records.get(kind, []):
-            base = baseline_record(row, rows, kind, data_name(record))
+            several = sum(data_name(r) == data_name(record) for r in row.records[kind]) > 1
+            seed = seed_of(record) if several else None
+            base = baseline_record(row, rows, kind, data_name(record), seed)
             for layer, entry in record["layers"].items():
                 classes = list(entry["test_AP"])
                 lines = tables.setdefault(data_name(record), [
@@ -261,7 +279,8 @@ def class_tables(rows: Sequence[Row], kind: str) -> list[tuple[str, list[str]]]:
                 base_entry = base[1]["layers"].get(layer) if base else None
                 if base_entry and entry["test_mAP"] is not None and base_entry["test_mAP"] is not None:
                     delta = f"{entry['test_mAP'] - base_entry['test_mAP']:+.2f} (vs {base[0].label})"
-                lines.append(f"| {row.label} | {layer} | " + " | ".join(_number(entry["test_AP"].get(c)) for c in classes)
+                shown = layer if seed is None else f"{layer}, seed {seed}"
+                lines.append(f"| {row.label} | {shown} | " + " | ".join(_number(entry["test_AP"].get(c)) for c in classes)
                              + f" | {_number(entry['test_mAP'])}{_forced(record)} | {_number(entry.get('test_mAP_area'))} "
                              f"| {delta} |")
     return list(tables.items())
