@@ -42,6 +42,17 @@ def user_errors_exit(main: Callable[..., int]) -> Callable[..., int]:
     return wrapper
 
 
+def run_until_record(run: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
+    """Exit status of a command whose only output, its record, is written atomically at the very end:
+    Ctrl-C before then leaves nothing partial behind."""
+    try:
+        run(args)
+    except KeyboardInterrupt:
+        print("interrupted; no record written", file=sys.stderr)
+        return 130
+    return 0
+
+
 def add_overrides(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, type, str]]) -> None:
     """Adds ``--flag`` options that map onto dotted config fields (default None = not given)."""
     for flag, (dotted, kind, text) in flags.items():

@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from selfsup.checkpoint import load_checkpoint, seed_everything
-from selfsup.cli.common import int_list, user_errors_exit
+from selfsup.cli.common import int_list, run_until_record, user_errors_exit
 from selfsup.config import ModelConfig
 from selfsup.data.loading import BadFileLog, EpochBatchSampler
 from selfsup.data.voc import open_voc, resolve_voc_root, voc_classes
@@ -316,14 +316,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 @user_errors_exit
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except KeyboardInterrupt:
-        # records are written atomically at the very end, so nothing partial exists
-        print("interrupted; no record written", file=sys.stderr)
-        return 130
-    return 0
+    return run_until_record(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

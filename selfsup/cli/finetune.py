@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from selfsup.checkpoint import seed_everything
-from selfsup.cli.common import user_errors_exit
+from selfsup.cli.common import run_until_record, user_errors_exit
 from selfsup.config import ModelConfig, OptimConfig
 from selfsup.data.loading import BadFileLog, CenterCrop, EpochBatchSampler, RandomCrop, eval_loader, train_loader
 from selfsup.data.sources import DataError, ImageSource, open_splits
@@ -266,14 +266,7 @@ def _shown(value: float | None) -> str:
 
 @user_errors_exit
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except KeyboardInterrupt:
-        # records are written atomically at the very end, so nothing partial exists
-        print("interrupted; no record written", file=sys.stderr)
-        return 130
-    return 0
+    return run_until_record(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
