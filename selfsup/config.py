@@ -7,6 +7,7 @@ raises :class:`ConfigError` at start-up naming the field, the value and what is 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,9 +16,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration value is unknown or out of range; the message is one line for the user."""
+from selfsup.errors import ConfigError
 
 
 def option(default: Any, help: str = "", **rules: Any) -> Any:
@@ -59,7 +58,10 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
                 raise ValueError
             return int(value)
         if tp is float:
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # nan passes every range rule: each comparison with it is false
+                raise ConfigError(f"{name} = {value!r} is invalid: must be a finite number")
+            return number
         if tp is str:
             return str(value)
         if origin is list:
@@ -71,6 +73,8 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             if not isinstance(value, dict):
                 raise ValueError
             return dict(value)
+    except ConfigError:
+        raise
     except (TypeError, ValueError):
         raise ConfigError(f"{name} = {value!r} is invalid: expected {getattr(tp, '__name__', tp)}") from None
     return value
@@ -133,6 +137,29 @@ def from_dict(cls: type, values: dict[str, Any] | None, prefix: str = "") -> Any
 
 def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
+
+
+# Fields a resumed run may change without --accept-config-changes: they say how long to train, where and
+# how often to write, and how many loader processes to use, none of which changes what a step computes.
+RESUMABLE_CHANGES = frozenset({
+    "train.epochs", "train.resume", "train.accept_config_changes", "train.out", "train.checkpoint_every",
+    "train.log_every", "data.workers", "data.data_root",
+})
+# Fields no resumed run may change: the checkpoint's weights, heads and epoch position depend on them.
+FIXED_ON_RESUME = ("task", "model.", "pretext.", "train.batch_size")
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted field, old value, new value)`` for every field where two nested config dicts differ."""
+    differences = []
+    for key in sorted(set(old) | set(new), key=str):
+        dotted = f"{prefix}{key}"
+        before, after = old.get(key), new.get(key)
+        if isinstance(before, dict) and isinstance(after, dict):
+            differences += config_differences(before, after, f"{dotted}.")
+        elif before != after:
+            differences.append((dotted, before, after))
+    return differences
 
 
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -198,6 +225,8 @@ class DataConfig:
     hflip: bool = option(True, "random horizontal flips")
     workers: int = option(1, "data loading worker processes per training process", min=0)
     val_fraction: float = option(0.1, "fraction of train held out as val when the data has no val split", min=0.0, max=0.5)
+    layout: str = option("auto", "how a folder of images is read: auto, flat (unlabelled images at its top level) "
+                                 "or classes (one sub-folder per class)", choices=("auto", "flat", "classes"))
 
 
 @dataclass
@@ -231,6 +260,8 @@ class TrainConfig:
     checkpoint_every: int = option(100, "also checkpoint every N steps (0 = at epoch ends only)", min=0)
     log_every: int = option(10, "TensorBoard scalar interval in steps", min=1)
     resume: bool = option(False, "continue from <out>/last.pt")
+    accept_config_changes: bool = option(False, "with resume: continue although the config differs from the "
+                                                "checkpoint's (the record lists the differences)")
     knn_every: int = option(0, "run a kNN monitor (val top-1/top-5) every N epochs and after the last one, "
                                "when the data has labels; 0 = off", min=0)
     knn_layer: str = option("", "layer whose globally average-pooled features the kNN monitor uses; "

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from selfsup.errors import DeviceError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -25,22 +27,31 @@ class DistInfo:
         return self.world_size > 1
 
 
-def pick_device(preference: str, local_rank: int = 0) -> torch.device:
+def pick_device(preference: str, local_rank: int = 0, option: str = "--device") -> torch.device:
+    """The device for ``preference`` (auto, cpu or cuda). ``cuda`` on a machine where torch sees no CUDA
+    device, or a ``local_rank`` past the last GPU, is a DeviceError naming ``option`` (``--device`` or
+    the config field ``train.device``)."""
     if preference == "cpu":
         return torch.device("cpu")
     if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        if local_rank >= count:
+            raise DeviceError(f"process LOCAL_RANK={local_rank} needs GPU {local_rank}, but torch sees {count} CUDA "
+                              f"device(s): start at most {count} processes per machine (torchrun --nproc-per-node)")
         return torch.device("cuda", local_rank)
     if preference == "cuda":
-        raise RuntimeError("train.device = cuda was asked for, but torch sees no CUDA device")
+        given = f"{option} cuda" if option.startswith("--") else f"{option} = cuda"
+        raise DeviceError(f"{given} is unavailable: torch sees no CUDA device on this machine; use auto or cpu")
     return torch.device("cpu")
 
 
 def init_distributed(device_preference: str = "auto") -> DistInfo:
-    """Joins the process group that ``torchrun`` describes in the environment, if any."""
+    """Joins the process group that ``torchrun`` describes in the environment, if any; ``device_preference``
+    is the config's ``train.device``."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_preference, local_rank)
+    device = pick_device(device_preference, local_rank, option="train.device")
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)

@@ -32,11 +32,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from selfsup.checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
-from selfsup.config import OptimConfig, TrainConfig
+from selfsup.checkpoint import atomic_file, atomic_save, load_checkpoint, nonfinite_tensors, rng_state, set_rng_state
+from selfsup.config import FIXED_ON_RESUME, RESUMABLE_CHANGES, OptimConfig, TrainConfig, config_differences
 from selfsup.data.loading import Batch, BadFileLog, EpochBatchSampler, eval_loader, train_loader
 from selfsup.data.sources import ImageSource, IndexedSource
 from selfsup.distributed import DistInfo, all_reduce_sum
+from selfsup.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
 from selfsup.optim import build_optimizer, build_scheduler
 
 if TYPE_CHECKING:
@@ -60,6 +61,18 @@ def step_generator(seed: int, step: int, rank: int, device: torch.device) -> tor
     gen = torch.Generator(device=device)
     gen.manual_seed((seed * 1_000_003 + step) * 64 + rank)
     return gen
+
+
+# Added to the step's seed for the global generators (dropout), so that their stream differs from the
+# step generator's while both stay functions of (seed, step, rank).
+GLOBAL_STREAM_OFFSET = 2**62
+
+
+def seed_step(seed: int, step: int, rank: int) -> None:
+    """Seeds torch's global generators (CPU and CUDA) for one training step: dropout masks then depend on
+    (seed, step, rank) alone, not on whatever drew from those generators before (a resume that rebuilds
+    the data loader, a clustering pass), so a resumed run repeats the uninterrupted one exactly."""
+    torch.manual_seed((seed * 1_000_003 + step) * 64 + rank + GLOBAL_STREAM_OFFSET)
 
 
 @dataclass
@@ -174,9 +187,13 @@ class Trainer:
         channels_last: bool = False,
         feature_view=None,
         knn_monitor: KnnMonitor | None = None,
+        trust_checkpoint: bool = False,
     ) -> None:
         """``feature_view``: the deterministic transform of whole-source passes in ``prepare_epoch``;
-        ``knn_monitor``: run every ``train_cfg.knn_every`` epochs (None = no monitor)."""
+        ``knn_monitor``: run every ``train_cfg.knn_every`` epochs (None = no monitor);
+        ``trust_checkpoint``: a resume may convert an older, pickled checkpoint (see ``load_checkpoint``)."""
+        self.trust_checkpoint = trust_checkpoint
+        self.optim_cfg = optim_cfg
         self.cfg = train_cfg
         self.source = source
         self.feature_view = feature_view
@@ -240,17 +257,56 @@ class Trainer:
         }
 
     def _save_checkpoint(self) -> None:
-        if self.dist.is_main:
-            atomic_save(self.state_dict(), self.checkpoint_path)
+        if not self.dist.is_main:
+            return
+        bad = nonfinite_tensors(self.model.state_dict())
+        if bad:  # the optimiser can overflow finite gradients into infinite weights
+            raise TrainingDivergedError(
+                f"training diverged at step {self.global_step}: {len(bad)} weight tensor(s) became non-finite "
+                f"(e.g. {bad[0]}); they were not saved ({self._kept_text()}); "
+                f"lower optim.lr (now {self.optim_cfg.lr:g}) or set optim.grad_clip"
+            )
+        atomic_save(self.state_dict(), self.checkpoint_path)
+
+    def _kept_text(self) -> str:
+        if self.checkpoint_path.is_file():
+            return f"{self.checkpoint_path} keeps the last good state"
+        return "no checkpoint had been written yet"
+
+    def _check_resumed_config(self, saved: dict[str, Any]) -> None:
+        """Refuses a resume whose config differs from the checkpoint's beyond ``RESUMABLE_CHANGES``, unless
+        ``train.accept_config_changes``; then the record lists the accepted differences."""
+        if "config" not in saved:
+            raise CheckpointError(f"{self.checkpoint_path} holds no config: it is not an ssl-pretrain checkpoint")
+        changed = [d for d in config_differences(saved["config"], self.record["config"]) if d[0] not in RESUMABLE_CHANGES]
+        if not changed:
+            return
+        listed = "; ".join(f"{name}: {before!r} -> {after!r}" for name, before, after in changed)
+        fixed = [name for name, _, _ in changed if name.startswith(FIXED_ON_RESUME)]
+        if fixed:
+            raise ConfigError(f"--resume: {', '.join(fixed)} cannot change when resuming {self.checkpoint_path} "
+                              f"(the weights and the epoch position depend on them); differences: {listed}")
+        if not self.cfg.accept_config_changes:
+            raise ConfigError(f"--resume: the config differs from {self.checkpoint_path}'s ({listed}); resume with "
+                              "the same config, or pass --accept-config-changes to continue with the new values")
+        self.record["resumed_with_changes"] = [
+            {"field": name, "checkpoint": before, "now": after} for name, before, after in changed
+        ]
+        print(f"resuming with changed config: {listed}", file=sys.stderr)
 
     def resume(self) -> bool:
         if not self.checkpoint_path.is_file():
             log.warning("--resume: no checkpoint at %s, starting from scratch", self.checkpoint_path)
             return False
-        state = load_checkpoint(self.checkpoint_path)
+        state = load_checkpoint(self.checkpoint_path, trust=self.trust_checkpoint)
+        self._check_resumed_config(state)
+        # load_state_dict restores the checkpoint's hyper-parameters; accepted optim.* changes must win
+        fresh_groups = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if any(change["field"].startswith("optim.") for change in self.record.get("resumed_with_changes", [])):
+            self._apply_optim_config(fresh_groups)
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step = state["global_step"]
         self.history = state["history"]
@@ -263,6 +319,15 @@ class Trainer:
         if self.dist.is_main:
             print(f"resumed from {self.checkpoint_path}: epoch {self.epoch + 1}, step {self.global_step}", file=sys.stderr)
         return True
+
+    def _apply_optim_config(self, fresh_groups: list[dict[str, Any]]) -> None:
+        """Puts the new config's hyper-parameters into the resumed optimiser and schedule: the next step
+        runs at the new peak lr times the schedule's factor at that step."""
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        for group, fresh in zip(self.optimizer.param_groups, fresh_groups):
+            group.update(fresh)
+            group["lr"] = fresh["initial_lr"] * factor
+        self.scheduler.base_lrs = [fresh["initial_lr"] for fresh in fresh_groups]
 
     # ---------------------------------------------------------------- logging
     def _open_writer(self) -> None:
@@ -317,17 +382,24 @@ class Trainer:
 
     def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         gen = step_generator(self.cfg.seed, self.global_step, self.dist.rank, self.device)
+        seed_step(self.cfg.seed, self.global_step, self.dist.rank)
         with autocast_context(self.cfg.precision, self.device):
             outputs = self.trainable(images, labels, gen)
         loss = outputs["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss became {float(loss)} at step {self.global_step}; lower optim.lr or set optim.grad_clip"
-            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        else:
+            norms = [torch.linalg.vector_norm(p.grad.float()) for p in self.model.parameters() if p.grad is not None]
+            grad_norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), device=self.device)
+        # one host sync for both checks, before the step: the weights stay as they were
+        if not bool(torch.isfinite(loss.detach().float()) & torch.isfinite(grad_norm)):
+            raise TrainingDivergedError(
+                f"training diverged at step {self.global_step} (epoch {self.epoch + 1}): loss {float(loss.detach()):.4g}, "
+                f"gradient norm {float(grad_norm):.4g}; lower optim.lr (now {self.optim_cfg.lr:g}) or set "
+                f"optim.grad_clip; {self._kept_text()}"
+            )
         self.optimizer.step()
         self.scheduler.step()
         return {name: value.detach() for name, value in outputs.items()}
@@ -361,55 +433,65 @@ class Trainer:
                 mininterval=0.5 if interactive else 30.0,
                 dynamic_ncols=True,
             )
-            window_start, window_images = time.perf_counter(), 0
-            for batch in self.loader:
-                self.bad_files.add(batch.bad_files)
-                images = batch.images.to(self.device, non_blocking=True).float().div_(255)
-                if self.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                labels = batch.labels.to(self.device, non_blocking=True)
-                if relabel is not None:
-                    labels = relabel(batch.indices.to(self.device, non_blocking=True), labels)
-                if self.step_in_epoch == 0:
-                    self._log_images(images)
-                outputs = self._train_step(images, labels)
-                count = images.shape[0] * self.dist.world_size
-                self.meter.add(outputs, images.shape[0])
-                self.global_step += 1
-                self.step_in_epoch += 1
-                self.images_seen += count
-                window_images += count
-                now = time.perf_counter()
-                rate = window_images / max(now - window_start, 1e-9)
-                remaining = self.total_steps - self.global_step
-                bar.set_postfix(
-                    loss=f"{float(outputs['loss']):.3f}",
-                    **{k: f"{float(v):.3f}" for k, v in outputs.items() if k != "loss"},
-                    img_s=f"{rate:.0f}",
-                    eta=_format_seconds(remaining * self.cfg.batch_size / max(rate, 1e-9)),
-                    refresh=False,
-                )
-                bar.update(1)
-                if self.writer is not None and self.global_step % self.cfg.log_every == 0:
-                    for name, value in outputs.items():
-                        self.writer.add_scalar(f"train/{name}", float(value), self.global_step)
-                    self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.global_step)
-                    self.writer.add_scalar("train/images_per_s", rate, self.global_step)
-                    window_start, window_images = now, 0
-                if (
-                    self.cfg.checkpoint_every
-                    and self.global_step % self.cfg.checkpoint_every == 0
-                    and self.step_in_epoch < self.steps_per_epoch
-                ):
-                    self._save_checkpoint()
-            bar.close()
+            try:  # an error mid-epoch must start on a line of its own, not after the bar
+                self._run_epoch(bar, relabel)
+            finally:
+                bar.close()
             self._end_epoch()
         if self.writer is not None:
             self.writer.close()
         summary = self._summary(run_start_step)
         if self.dist.is_main:
-            (self.out_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2, default=str))
+            with atomic_file(self.out_dir / SUMMARY_NAME, "w") as handle:
+                handle.write(json.dumps(summary, indent=2, default=str))
         return summary
+
+    def _run_epoch(self, bar: tqdm, relabel: Callable | None) -> None:
+        """The rest of the current epoch's steps, with progress, logs and mid-epoch checkpoints."""
+        window_start, window_images = time.perf_counter(), 0
+        for batch in self.loader:
+            self.bad_files.add(batch.bad_files)
+            if len(batch.images) == 0:  # replace_bad found no readable image in the whole source
+                raise DataError(f"no readable image in {self.source.describe()}: every file failed to "
+                                f"decode, e.g. {batch.bad_files[0] if batch.bad_files else 'unknown'}")
+            images = batch.images.to(self.device, non_blocking=True).float().div_(255)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            labels = batch.labels.to(self.device, non_blocking=True)
+            if relabel is not None:
+                labels = relabel(batch.indices.to(self.device, non_blocking=True), labels)
+            if self.step_in_epoch == 0:
+                self._log_images(images)
+            outputs = self._train_step(images, labels)
+            count = images.shape[0] * self.dist.world_size
+            self.meter.add(outputs, images.shape[0])
+            self.global_step += 1
+            self.step_in_epoch += 1
+            self.images_seen += count
+            window_images += count
+            now = time.perf_counter()
+            rate = window_images / max(now - window_start, 1e-9)
+            remaining = self.total_steps - self.global_step
+            bar.set_postfix(
+                loss=f"{float(outputs['loss']):.3f}",
+                **{k: f"{float(v):.3f}" for k, v in outputs.items() if k != "loss"},
+                img_s=f"{rate:.0f}",
+                eta=_format_seconds(remaining * self.cfg.batch_size / max(rate, 1e-9)),
+                refresh=False,
+            )
+            bar.update(1)
+            if self.writer is not None and self.global_step % self.cfg.log_every == 0:
+                for name, value in outputs.items():
+                    self.writer.add_scalar(f"train/{name}", float(value), self.global_step)
+                self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.global_step)
+                self.writer.add_scalar("train/images_per_s", rate, self.global_step)
+                window_start, window_images = now, 0
+            if (
+                self.cfg.checkpoint_every
+                and self.global_step % self.cfg.checkpoint_every == 0
+                and self.step_in_epoch < self.steps_per_epoch
+            ):
+                self._save_checkpoint()
 
     def _knn_due(self) -> bool:
         every = self.cfg.knn_every

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from selfsup.cli.pretrain import parse_config
-from selfsup.config import ConfigError, PretrainConfig, from_dict
+from selfsup.config import ConfigError, PretrainConfig, config_differences, from_dict, to_dict
 
 
 def test_defaults_are_valid_and_are_the_demo_preset():
@@ -99,3 +99,24 @@ def test_a_config_file_replaces_the_demo_preset(tmp_path):
 def test_an_unknown_preset_is_refused_by_name():
     with pytest.raises(ConfigError, match="--preset = 'tiny' is invalid: allowed values are none, demo"):
         parse_config(["--task", "jigsaw", "--preset", "tiny"])
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", float("nan"), float("-inf")])
+def test_non_finite_numbers_are_rejected_naming_the_field(value):
+    with pytest.raises(ConfigError, match=r"optim.lr = .* is invalid: must be a finite number"):
+        from_dict(PretrainConfig, {"optim": {"lr": value}})
+    with pytest.raises(ConfigError, match="optim.milestones"):
+        from_dict(PretrainConfig, {"optim": {"schedule": "step", "milestones": [1.0, value]}})
+
+
+@pytest.mark.parametrize("args", [["--lr", "nan"], ["--set", "optim.lr=.nan"], ["--set", "optim.grad_clip=.inf"]])
+def test_non_finite_numbers_from_the_command_line_are_rejected(args):
+    with pytest.raises(ConfigError, match="must be a finite number"):
+        parse_config(args)
+
+
+def test_config_differences_name_every_changed_field():
+    old = to_dict(from_dict(PretrainConfig, {}))
+    new = to_dict(from_dict(PretrainConfig, {"optim": {"lr": 0.5}, "pretext": {"head_hidden": 8}}))
+    assert config_differences(old, new) == [("optim.lr", 0.05, 0.5), ("pretext.head_hidden", None, 8)]
+    assert config_differences(old, old) == []

@@ -12,9 +12,12 @@ from PIL import Image, ImageDraw
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+import selfsup.cli.detect as detect_cli
+import selfsup.probes.frozen as frozen_module
 from selfsup.cli.detect import main
 from selfsup.data.voc import open_voc
 from selfsup.models import build_encoder
+from selfsup.pretext import build_task
 from selfsup.pretext.deepcluster import DeepClusterConfig, DeepClusterTask
 from selfsup.pretext.jigsaw import JigsawConfig, JigsawTask
 from selfsup.models.base import freeze_layers
@@ -275,3 +278,94 @@ def test_selection_on_test_is_refused(tmp_path, capsys):
     code = main(["--checkpoint", "random", "--data", str(tmp_path), "--selection-split", "test"])
     assert code == 2
     assert "--selection-split test is refused" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ bad input: one line, exit status 2
+
+MISSING_CHECKPOINT = "/nonexistent/selfsup/last.pt"  # an option error must come before the checkpoint is read
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    return err[0]
+
+
+def fake_checkpoint(path: Path, task: str = "rotation", edit=None) -> Path:
+    """An untrained ssl-pretrain checkpoint of ``task`` on a quarter-width alexnet_small (pickled as older
+    versions saved), changed by ``edit(state)``."""
+    torch.manual_seed(0)
+    model = build_task(task, build_encoder("alexnet_small", width=0.25), {})
+    state = {"encoder": {"arch": "alexnet_small", "in_channels": 3, "width": 0.25},
+             "task": {"name": task, "options": {}, "num_classes": None}, "model": model.state_dict(), "image_size": 32}
+    if edit is not None:
+        edit(state)
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--epochs", "0"], "--epochs 0 is invalid: must be at least 1"),
+    (["--min-size", "0"], "--min-size 0"),
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "0"], "--lr 0 is invalid"),
+    (["--width", "0"], "--width 0"),
+    (["--max-size", "10", "--min-size", "20"], "--max-size 10"),
+    (["--figure", "detections.txt"], "--figure detections.txt"),
+    (["--arch", "vgg16"], "--arch"),
+    (["--data", ""], "--data ''"),
+])
+def test_bad_option_values_are_one_line_before_the_checkpoint_is_read(argv, named, capsys):
+    assert main(["--checkpoint", MISSING_CHECKPOINT, *argv]) == 2
+    line = one_error_line(capsys)
+    assert named in line and "checkpoint" not in line
+
+
+def test_unusable_outputs_and_missing_cuda_are_refused_before_the_checkpoint_is_read(tmp_path, monkeypatch, capsys):
+    assert main(["--checkpoint", MISSING_CHECKPOINT, "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} is a folder" in one_error_line(capsys)
+    assert main(["--checkpoint", MISSING_CHECKPOINT, "--figure", "/proc/selfsup-test/detections.png"]) == 2
+    assert "--figure" in one_error_line(capsys)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["--checkpoint", MISSING_CHECKPOINT, "--device", "cuda"]) == 2
+    assert "--device cuda" in one_error_line(capsys)
+
+
+def test_checkpoints_that_do_not_fit_or_need_trust_are_one_line(tmp_path, capsys):
+    damaged = fake_checkpoint(tmp_path / "damaged.pt", edit=lambda s: s["model"].pop("encoder.conv5.0.weight"))
+    assert main(["--checkpoint", str(damaged), "--data", str(tmp_path)]) == 2
+    assert f"checkpoint {damaged}" in (line := one_error_line(capsys)) and "no encoder.conv5.0.weight" in line
+    older = fake_checkpoint(tmp_path / "older.pt", edit=lambda s: s.__setitem__("saved_from", Path("/somewhere")))
+    assert main(["--checkpoint", str(older), "--backbone", "fpn"]) == 2
+    assert "--trust-checkpoint" in one_error_line(capsys)
+    assert main(["--checkpoint", str(older), "--trust-checkpoint", "--backbone", "fpn"]) == 2
+    assert "--backbone fpn is invalid for alexnet_small" in one_error_line(capsys)
+    assert (tmp_path / "older.pt.orig").exists()
+
+
+def test_a_test_size_too_small_for_the_encoder_is_one_line(tmp_path, capsys):
+    assert main(["--checkpoint", "random", "--arch", "alexnet", "--width", "0.25", "--min-size", "8",
+                 "--max-size", "16", "--out", str(tmp_path / "detect.json")]) == 2
+    assert "--min-size 8 is too small for alexnet" in one_error_line(capsys)
+
+
+def test_the_checkpoint_is_read_once_and_gives_the_pretext_fc_layers(tmp_path, monkeypatch):
+    checkpoint = fake_checkpoint(tmp_path / "jigsaw.pt", task="jigsaw")
+    reads, seen = [], {}
+    real_load = frozen_module.load_checkpoint
+
+    def counted_load(*args, **kwargs):
+        reads.append(args[0])
+        return real_load(*args, **kwargs)
+
+    def stop_at_build(encoder, num_classes, **kwargs):
+        seen.update(kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(frozen_module, "load_checkpoint", counted_load)
+    monkeypatch.setattr(detect_cli, "load_checkpoint", counted_load, raising=False)
+    monkeypatch.setattr(detect_cli, "build_detector", stop_at_build)
+    root = write_tiny_voc(tmp_path / "voc")
+    assert main(["--checkpoint", str(checkpoint), "--data", str(root), "--batch-size", "2", "--workers", "0",
+                 "--min-size", "64", "--max-size", "96"]) == 130
+    assert reads == [str(checkpoint)] and seen["pretext"].source == "jigsaw fc6"

@@ -87,9 +87,9 @@ def test_torchrun_two_processes_match_one_process(tiny_folder, tmp_path):
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
 
-    # rank 0 alone writes: one checkpoint, one summary, one TensorBoard event file
+    # rank 0 alone writes: one checkpoint, one summary, one TensorBoard event file (and holds the run lock)
     written = sorted(p.relative_to(ddp).as_posix() for p in ddp.rglob("*") if p.is_file())
-    assert [w for w in written if not w.startswith("tb/")] == ["config.yaml", "last.pt", "summary.json"]
+    assert [w for w in written if not w.startswith("tb/")] == [".lock", "config.yaml", "last.pt", "summary.json"]
     assert len([w for w in written if w.startswith("tb/")]) == 1
     summary = json.loads((ddp / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 18

@@ -2,6 +2,7 @@
 
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from torch import nn
 
 from selfsup.checkpoint import load_checkpoint
 from selfsup.cli.export import main as export_main
+from selfsup.errors import CheckpointError
 from selfsup.cli.pretrain import main as pretrain_main
 from selfsup.models import build_encoder
 from selfsup.pretext.base import normalize_rgb
@@ -229,3 +231,56 @@ def test_cli_exports_a_deepcluster_sobel_checkpoint_as_three_channels(tiny_folde
         ours = encoder.forward_taps(normalize_rgb(images), ["conv1"])["conv1"]
         theirs = original.forward_taps(sobel_input(images), ["conv1"])["conv1"]
     torch.testing.assert_close(ours[..., 2:-2, 2:-2], theirs[..., 2:-2, 2:-2], atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------ bad input: one line, exit status 2
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    return err[0]
+
+
+def test_unusable_out_is_refused_before_the_checkpoint_is_read(tmp_path, capsys):
+    missing = str(tmp_path / "missing.pt")
+    assert export_main(["--checkpoint", missing, "--format", "selfsup", "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} is a folder" in one_error_line(capsys)
+    assert export_main(["--checkpoint", missing, "--format", "selfsup", "--out", "/proc/selfsup-test/x.pt"]) == 2
+    assert "--out" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda s: s["model"].__setitem__("encoder.conv1.0.weight", torch.zeros(4, 3, 3, 3)),
+     "encoder.conv1.0.weight is 4x3x3x3 in the file"),
+    (lambda s: s["model"].pop("encoder.res5.1.bn2.running_var"), "no encoder.res5.1.bn2.running_var"),
+    (lambda s: s.pop("model"), "not an ssl-pretrain checkpoint"),
+    (lambda s: s["task"].__setitem__("name", "inpainting"), "task.name 'inpainting'"),
+    (lambda s: s["task"].__setitem__("options", {"sobel": True}), "task options"),
+])
+def test_a_checkpoint_that_does_not_fit_is_named_in_one_line(resnet18_checkpoint, tmp_path, edit, named, capsys):
+    state = torch.load(resnet18_checkpoint[1], weights_only=True)
+    edit(state)
+    damaged = tmp_path / "last.pt"
+    torch.save(state, damaged)
+    out = tmp_path / "r18.pt"
+    assert export_main(["--checkpoint", str(damaged), "--format", "selfsup", "--out", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert f"checkpoint {damaged}" in line and named in line and not out.exists()
+
+
+def test_an_older_checkpoint_exports_with_trust_checkpoint_only(tmp_path, capsys):
+    encoder = build_encoder("resnet18_small", width=0.25)
+    older = fake_checkpoint(tmp_path / "last.pt", encoder, width=0.25)
+    state = torch.load(older, weights_only=True)
+    torch.save({**state, "saved_from": Path("/somewhere")}, older)
+    out = tmp_path / "encoder.pt"
+    assert export_main(["--checkpoint", str(older), "--format", "selfsup", "--out", str(out)]) == 2
+    assert "--trust-checkpoint" in one_error_line(capsys) and not out.exists()
+    assert export_main(["--checkpoint", str(older), "--trust-checkpoint", "--format", "selfsup", "--out", str(out)]) == 0
+    assert load_exported(out).arch == "resnet18_small" and (tmp_path / "last.pt.orig").exists()
+
+
+def test_load_exported_names_a_file_of_another_kind(resnet18_checkpoint):
+    with pytest.raises(CheckpointError, match="is not an ssl-export --format selfsup file"):
+        load_exported(resnet18_checkpoint[1])

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,3 +208,67 @@ def test_multilabel_loss_ignores_difficult_only_labels():
     loss.backward()
     assert loss.item() == pytest.approx(torch.log(torch.tensor(2.0)).item())
     assert logits.grad[0, 2] == 0 and logits.grad[1, 0] == 0 and logits.grad[0, 0] < 0 < logits.grad[0, 1]
+
+
+# ------------------------------------------------------------------ bad input: one line, exit status 2
+
+MISSING_CHECKPOINT = "/nonexistent/selfsup/last.pt"  # an option error must come before the checkpoint is read
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    return err[0]
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--epochs", "0"], "--epochs 0 is invalid: must be at least 1"),
+    (["--batch-size", "1"], "--batch-size 1"),
+    (["--hidden", "0"], "--hidden 0"),
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "inf"], "--lr"),
+    (["--lr", "0"], "--lr 0 is invalid"),
+    (["--eval-crop", "0"], "--eval-crop 0"),
+    (["--width", "0"], "--width 0"),
+    (["--arch", "vgg16"], "--arch"),
+    (["--data", ""], "--data ''"),
+])
+def test_bad_option_values_are_one_line_before_the_checkpoint_is_read(argv, named, capsys):
+    assert finetune_main(["--checkpoint", MISSING_CHECKPOINT, *argv]) == 2
+    line = one_error_line(capsys)
+    assert named in line and "checkpoint" not in line
+
+
+def test_unusable_out_and_missing_cuda_are_refused_before_the_checkpoint_is_read(tmp_path, monkeypatch, capsys):
+    assert finetune_main(["--checkpoint", MISSING_CHECKPOINT, "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} is a folder" in one_error_line(capsys)
+    assert finetune_main(["--checkpoint", MISSING_CHECKPOINT, "--out", "/proc/selfsup-test/ft.json"]) == 2
+    assert "--out" in one_error_line(capsys)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert finetune_main(["--checkpoint", MISSING_CHECKPOINT, "--device", "cuda"]) == 2
+    assert "--device cuda" in one_error_line(capsys)
+
+
+def test_damaged_and_older_checkpoints_are_one_line(tiny_checkpoint, tmp_path, capsys):
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    state["model"]["encoder.conv1.0.weight"] = torch.zeros(2, 3, 1, 1)
+    damaged = tmp_path / "damaged.pt"
+    torch.save(state, damaged)
+    assert finetune_main(["--checkpoint", str(damaged), *FAST, "--out", str(tmp_path / "ft.json")]) == 2
+    assert f"checkpoint {damaged}" in (line := one_error_line(capsys)) and "encoder.conv1.0.weight is 2x3x1x1" in line
+    older = tmp_path / "older.pt"
+    torch.save({**torch.load(tiny_checkpoint, weights_only=True), "saved_from": Path("/somewhere")}, older)
+    assert finetune_main(["--checkpoint", str(older), "--freeze", "fc9"]) == 2
+    assert "--trust-checkpoint" in one_error_line(capsys)
+    assert finetune_main(["--checkpoint", str(older), "--trust-checkpoint", "--freeze", "fc9"]) == 2
+    assert "--freeze 'fc9'" in one_error_line(capsys) and (tmp_path / "older.pt.orig").exists()
+
+
+def test_a_learning_rate_that_makes_the_loss_non_finite_is_one_line(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    from selfsup.probes.finetune import SingleLabel
+
+    monkeypatch.setattr(SingleLabel, "loss", lambda self, logits, targets: (logits * float("nan")).sum())
+    out = tmp_path / "ft.json"
+    assert finetune_main(["--checkpoint", str(tiny_checkpoint), *FAST, "--lr", "1000", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the run's progress lines
+    assert err.startswith("error: --lr 1000 made the loss nan") and not out.exists()

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from selfsup.data.images import IMAGE_EXTENSIONS, BadImageError, load_rgb
+from selfsup.errors import DataError
 
 
 def _noise_rgb(width: int = 64, height: int = 48, seed: int = 0) -> Image.Image:
@@ -171,6 +172,7 @@ def test_text_file_with_image_extension_is_bad(tmp_path: Path) -> None:
     assert caught.value.reason
     copy = pickle.loads(pickle.dumps(caught.value))  # survives the trip back from a worker process
     assert (copy.path, copy.reason, str(copy)) == (caught.value.path, caught.value.reason, message)
+    assert isinstance(copy, DataError)  # the console scripts report it as a user error, in one line
 
 
 def test_missing_file_is_bad(tmp_path: Path) -> None:

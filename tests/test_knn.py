@@ -11,6 +11,7 @@ from PIL import Image
 from selfsup.cli.pretrain import main as pretrain_main
 from selfsup.data.loading import CenterCrop
 from selfsup.data.sources import open_splits
+from selfsup.errors import ConfigError
 from selfsup.models import build_encoder
 from selfsup.pretext.base import normalize_rgb
 from selfsup.pretext.clustering import faiss_available
@@ -111,7 +112,7 @@ def test_k_larger_than_the_training_set_is_clamped(backend):
 )
 def test_invalid_arguments_are_refused_with_their_value(kwargs, message):
     train, train_labels, query, _ = random_data()
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ConfigError) as info:
         knn_predict(train, train_labels, query, 4, **kwargs)
     assert message in str(info.value)
 

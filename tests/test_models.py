@@ -5,7 +5,9 @@ import torch
 import torchvision
 from torch import nn
 
+from selfsup.errors import CheckpointError, ConfigError
 from selfsup.models import ARCHS, Encoder, build_encoder
+from selfsup.models.base import check_input_size, freeze_layers, load_weights
 
 # (arch, build kwargs, input size, expected (C, H, W) per tap in forward order)
 SHAPES = [
@@ -133,12 +135,37 @@ def test_unknown_tap_lists_layers():
 
 
 def test_bad_options():
-    with pytest.raises(ValueError, match="width"):
+    with pytest.raises(ConfigError, match="width"):
         build_encoder("resnet18", width=0.5)
-    with pytest.raises(ValueError, match="resnet18"):
+    with pytest.raises(ConfigError, match="resnet18"):
         build_encoder("alexnet", pretrained=True)
+    with pytest.raises(ConfigError, match="--freeze 'conv9' is invalid for alexnet_small"):
+        freeze_layers(build_encoder("alexnet_small", width=0.25), "conv9")
     with pytest.raises(ValueError, match="width"):
         build_encoder("alexnet_small", width=0)
+
+
+def test_an_input_too_small_for_the_layers_names_the_option():
+    check_input_size(build_encoder("alexnet", width=0.25), 64, "--image-size")
+    with pytest.raises(ConfigError, match="--image-size 8 is too small for alexnet"):
+        check_input_size(build_encoder("alexnet", width=0.25), 8, "--image-size")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda w: w.pop("conv2.0.weight"),
+     "file.pt does not fit the model it describes: it has no encoder.conv2.0.weight;"),
+    (lambda w: w.update(extra=torch.zeros(1)), "it has an unexpected entry encoder.extra;"),
+    (lambda w: w.update({"conv1.0.weight": torch.zeros(2, 3)}),
+     "encoder.conv1.0.weight is 2x3 in the file but 16x3x5x5"),
+    (lambda w: w.update({"conv1.0.weight": "weights"}), 'parameter named "conv1.0.weight"'),
+])
+def test_load_weights_names_the_first_entry_that_does_not_fit(edit, message):
+    encoder = build_encoder("alexnet_small", width=0.25)
+    weights = dict(encoder.state_dict())
+    edit(weights)
+    with pytest.raises(CheckpointError) as info:
+        load_weights(encoder, weights, "file.pt", key_prefix="encoder.")
+    assert message in str(info.value) and "\n" not in str(info.value)
 
 
 def _tv_features(tv, x):

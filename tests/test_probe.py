@@ -1,6 +1,8 @@
 import json
+from pathlib import Path
 
 import pytest
+import torch
 
 from selfsup.cli.pretrain import main as pretrain_main
 from selfsup.cli.probe import main as probe_main
@@ -149,3 +151,99 @@ def test_svm_probe_reports_ap_per_class_and_map(tiny_checkpoint, tiny_folder, tm
     assert "mAP" in capsys.readouterr().out
     assert probe_main(["--checkpoint", str(tiny_checkpoint), "--method", "svm", "--data", str(voc), "--freeze", "conv2",
                        "--selection-split", "test", "--force-test-selection"]) == 2
+
+
+# ------------------------------------------------------------------ bad input: one line, exit status 2
+
+MISSING_CHECKPOINT = "/nonexistent/selfsup/last.pt"  # an option error must come before the checkpoint is read
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    return err[0]
+
+
+def edited_copy(checkpoint: Path, folder: Path, edit) -> Path:
+    """A copy of ``checkpoint`` changed by ``edit(state)``, saved the way older versions did (full pickle)."""
+    state = torch.load(checkpoint, weights_only=True)
+    edit(state)
+    path = folder / "last.pt"
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--epochs", "0"], "--epochs 0 is invalid: must be at least 1"),
+    (["--batch-size", "1"], "--batch-size 1"),
+    (["--draws", "0"], "--draws 0"),
+    (["--image-size", "0"], "--image-size 0"),
+    (["--workers", "-1"], "--workers -1"),
+    (["--lr", "0"], "--lr 0 is invalid"),
+    (["--lr", "nan"], "--lr"),
+    (["--knn-temperature", "inf"], "--knn-temperature"),
+    (["--knn-temperature", "0"], "--knn-temperature 0"),
+    (["--max-cache-gb", "-1"], "--max-cache-gb -1"),
+    (["--eval-crop", "0"], "--eval-crop 0"),
+    (["--eval-crop", "1.5"], "--eval-crop 1.5"),
+    (["--width", "0"], "--width 0"),
+    (["--svm-costs", "nan"], "--svm-costs"),
+    (["--arch", "vgg16"], "--arch"),
+    (["--data", ""], "--data ''"),
+    (["--out", ""], "--out ''"),
+])
+def test_bad_option_values_are_one_line_before_the_checkpoint_is_read(argv, named, capsys):
+    assert probe_main(["--checkpoint", MISSING_CHECKPOINT, *argv]) == 2
+    line = one_error_line(capsys)
+    assert named in line and "checkpoint" not in line
+
+
+def test_unusable_outputs_are_refused_before_the_checkpoint_is_read(tmp_path, capsys):
+    assert probe_main(["--checkpoint", MISSING_CHECKPOINT, "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} is a folder" in one_error_line(capsys)
+    assert probe_main(["--checkpoint", MISSING_CHECKPOINT, "--out", "/proc/selfsup-test/probe.json"]) == 2
+    assert "--out" in one_error_line(capsys)
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert probe_main(["--checkpoint", MISSING_CHECKPOINT, "--save-features", str(a_file)]) == 2
+    assert f"--save-features {a_file} is an existing file" in one_error_line(capsys)
+
+
+def test_cuda_without_cuda_is_a_device_error(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert probe_main(["--checkpoint", MISSING_CHECKPOINT, "--device", "cuda"]) == 2
+    assert "--device cuda" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda s: s["model"].__setitem__("encoder.conv2.0.weight", torch.zeros(3, 3)), "encoder.conv2.0.weight is 3x3"),
+    (lambda s: s["model"].pop("encoder.conv3.0.weight"), "no encoder.conv3.0.weight"),
+    (lambda s: s["model"].__setitem__("encoder.extra", torch.zeros(1)), "unexpected entry encoder.extra"),
+    (lambda s: s.pop("task"), "not an ssl-pretrain checkpoint"),
+    (lambda s: s["encoder"].__setitem__("arch", "vgg16"), "encoder.arch 'vgg16'"),
+    (lambda s: s["task"].__setitem__("name", "inpainting"), "task.name 'inpainting'"),
+])
+def test_a_checkpoint_that_does_not_fit_is_named_in_one_line(tiny_checkpoint, tmp_path, edit, named, capsys):
+    damaged = edited_copy(tiny_checkpoint, tmp_path, edit)
+    assert probe_main(["--checkpoint", str(damaged), "--out", str(tmp_path / "probe.json")]) == 2
+    line = one_error_line(capsys)
+    assert f"checkpoint {damaged}" in line and named in line
+    assert not (tmp_path / "probe.json").exists()
+
+
+def test_an_older_checkpoint_loads_with_trust_checkpoint_only(tiny_checkpoint, tmp_path, capsys):
+    older = edited_copy(tiny_checkpoint, tmp_path, lambda s: s.__setitem__("saved_from", Path("/somewhere")))
+    assert probe_main(["--checkpoint", str(older), "--freeze", "fc9"]) == 2
+    assert "--trust-checkpoint" in one_error_line(capsys)
+    # trusted, it loads (and is converted); the --freeze mistake is found after loading
+    assert probe_main(["--checkpoint", str(older), "--trust-checkpoint", "--freeze", "fc9"]) == 2
+    assert "--freeze 'fc9'" in one_error_line(capsys) and older.with_name("last.pt.orig").exists()
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--arch", "alexnet", "--width", "0.25", "--image-size", "8"], "--image-size 8 is too small for alexnet"),
+    (["--arch", "resnet18_small", "--width", "0.25", "--pool", "rotnet"], "--pool rotnet is invalid for layer"),
+])
+def test_options_that_do_not_fit_the_encoder_are_one_line(argv, named, tmp_path, capsys):
+    assert probe_main(["--checkpoint", "random", *argv, "--out", str(tmp_path / "probe.json")]) == 2
+    assert named in one_error_line(capsys)

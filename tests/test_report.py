@@ -1,8 +1,10 @@
 """ssl-report: tables and charts rebuilt from records alone."""
 
 import json
+import re
 
 from selfsup.cli.report import main as report_main
+from selfsup.errors import ConfigError, DataError
 from selfsup.probes.records import check_selection, load_records, SelectionError
 from selfsup.probes.report import build_report
 
@@ -36,8 +38,9 @@ def test_records_round_trip_into_the_table_with_delta_against_the_matching_rando
     write(tmp_path, "colorization.json", linear_record("colorization", (22.0, 31.0, 30.0), checkpoint="c/last.pt",
                                                        in_channels=1))
     (tmp_path / "unrelated.json").write_text(json.dumps({"not": "a record"}))
-    records = load_records([tmp_path])
+    records, skipped = load_records([tmp_path])
     assert len(records) == 4
+    assert skipped == [(str(tmp_path / "unrelated.json"), "not a record (no kind field)")]
     report = build_report(records, title="t", command="ssl-report x", order=["rotation", "colorization"])
     lines = report.splitlines()
     rotation = next(line for line in lines if line.startswith("| rotation |"))
@@ -64,7 +67,7 @@ def test_detection_records_give_a_column_per_data_set_and_per_class_tables_with_
     write(tmp_path, "rot_f.json", detection_record("rotation", {"apple": 50.0, "banana": 40.0}, data="/x/fruits_voc"))
     write(tmp_path, "rand_r.json", detection_record("random", {"raccoon": 30.0}, data="/x/raccoon_voc"))
     write(tmp_path, "rot_r.json", detection_record("rotation", {"raccoon": 45.5}, data="/x/raccoon_voc"))
-    report = build_report(load_records([tmp_path]), title="t", command="c")
+    report = build_report(load_records([tmp_path])[0], title="t", command="c")
     assert "| method | detection mAP (fruits_voc) | detection mAP (raccoon_voc) |" in report
     assert "| rotation | 45.00 (conv5) | 45.50 (conv5) |" in report
     assert "## Detection on fruits_voc: AP per class (test, IoU 0.5)" in report
@@ -79,14 +82,14 @@ def test_detection_seeds_are_summarised_and_compared_seed_by_seed(tmp_path):
             record = detection_record(method, {"raccoon": ap}, data="/x/raccoon_voc")
             record["protocol"]["seed"] = seed
             write(tmp_path, f"{method}_{seed}.json", record)
-    report = build_report(load_records([tmp_path]), title="t", command="c")
+    report = build_report(load_records([tmp_path])[0], title="t", command="c")
     assert "| rotation | 40.50 ± 0.71 (conv5, 2 seeds) |" in report
     assert "| rotation | conv5, seed 1 | 41.00 | 41.00 | 42.00 | +7.00 (vs random init (RGB input, 128 px)) |" in report
 
 
 def test_forced_test_selection_is_marked_in_every_table(tmp_path):
     write(tmp_path, "rotation.json", linear_record("rotation", (35.0, 50.0, 47.5), forced=True))
-    report = build_report(load_records([tmp_path]), title="t", command="c")
+    report = build_report(load_records([tmp_path])[0], title="t", command="c")
     assert "| rotation | 35.00† | 50.00† | 47.50† | 50.00† |" in report
     assert "selected on the **test** split" in report and "(FORCED)" in report
 
@@ -104,7 +107,47 @@ def test_cli_writes_markdown_and_chart(tmp_path, capsys):
 def test_cli_without_records_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / "x.json").write_text("{}")
     assert report_main([str(tmp_path)]) == 2
-    assert "no evaluation records" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"warning: skipped {tmp_path / 'x.json'}: not a record (no kind field)" in err
+    assert f"error: no usable records in {tmp_path}: 1 JSON file skipped" in err
+
+
+def without_checkpoint():
+    record = linear_record("jigsaw", (1.0, 2.0, 3.0))
+    del record["checkpoint"]
+    return json.dumps(record).encode()
+
+
+@pytest.mark.parametrize("content, reason", [
+    (json.dumps(linear_record("jigsaw", (1.0, 2.0, 3.0)))[:-40].encode(), "not valid JSON (line 1, column "),
+    (b'{"kind": "linear_probe", "method": "caf\xe9"}', "not UTF-8 text (byte 0xe9 at offset 39)"),
+    (without_checkpoint(), "linear_probe record without checkpoint"),
+    (b'[{"kind": "linear_probe"}]', "not a JSON object (a list)"),
+], ids=["truncated", "not-utf8", "no-checkpoint", "not-an-object"])
+def test_unusable_files_are_named_in_a_warning_and_the_table_keeps_the_rest(tmp_path, capsys, content, reason):
+    write(tmp_path, "random.json", linear_record("random", (30.0, 40.0, 41.0)))
+    write(tmp_path, "rotation.json", linear_record("rotation", (35.0, 50.0, 47.5)))
+    bad = tmp_path / "jigsaw" / "probe.json"
+    bad.parent.mkdir()
+    bad.write_bytes(content)
+    records, skipped = load_records([tmp_path])
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: skipped {bad}: {reason}")
+    assert [path for path, _ in skipped] == [str(bad)] and warnings[0].endswith(skipped[0][1])
+    report = build_report(records, title="t", command="c")
+    assert "| rotation | 35.00 | 50.00 | 47.50 | 50.00 | +9.00" in report and "jigsaw" not in report
+
+
+def test_only_unusable_files_is_a_data_error_that_counts_them(tmp_path, capsys):
+    (tmp_path / "a.json").write_text('{"kind": "knn", ')
+    (tmp_path / "b.json").write_text("[]")
+    with pytest.raises(DataError, match=re.escape(f"no usable records in {tmp_path}: 2 JSON files skipped")):
+        load_records([tmp_path])
+    assert capsys.readouterr().err.count("warning: skipped") == 2
+    with pytest.raises(DataError, match="no such record file or folder"):
+        load_records([tmp_path / "missing"])
+    with pytest.raises(DataError, match="no evaluation records found"):
+        build_report([], title="t", command="c")
 
 
 def test_test_split_selection_needs_force():
@@ -112,5 +155,6 @@ def test_test_split_selection_needs_force():
     check_selection("test", True)
     with pytest.raises(SelectionError, match="--force-test-selection"):
         check_selection("test", False)
-    with pytest.raises(ValueError, match="allowed values are val, test"):
+    with pytest.raises(ConfigError, match="allowed values are val, test"):
         check_selection("train", False)
+    assert issubclass(SelectionError, ConfigError)  # ssl-probe, ssl-finetune, ssl-detect: one line, exit 2

@@ -15,6 +15,10 @@ import pytest
 from PIL import Image
 
 from selfsup.data.sources import (
+    IGNORED_HIDDEN,
+    IGNORED_IN_SUBFOLDER,
+    IGNORED_NOT_IMAGE,
+    IGNORED_TOP_LEVEL,
     DataError,
     FolderSource,
     ImageSource,
@@ -25,6 +29,7 @@ from selfsup.data.sources import (
     scan_folder,
     stratified_holdout,
 )
+from selfsup.errors import ConfigError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -68,13 +73,15 @@ def test_scan_image_folder_layout(tmp_path: Path) -> None:
     _write_png(tmp_path / "cat" / ".hidden.png")  # hidden file
     _write_png(tmp_path / "cat" / ".cache" / "thumb.png")  # hidden folder
     _write_png(tmp_path / ".git" / "x.png")  # hidden folder: not a class
-    _write_png(tmp_path / "stray.png")  # loose file next to class folders
+    _write_png(tmp_path / "stray.png")  # loose image next to class folders: needs layout "classes"
     (tmp_path / "cat" / "notes.txt").write_text("not an image")
     (tmp_path / "README.md").write_text("readme")
     (tmp_path / "empty_class").mkdir()
 
-    source = scan_folder(tmp_path)
+    source = scan_folder(tmp_path, layout="classes")
 
+    assert source.ignored == {IGNORED_HIDDEN: 3, IGNORED_TOP_LEVEL: 1, IGNORED_NOT_IMAGE: 2}
+    assert source.ignored_extensions == [".md", ".txt"]
     assert source.classes == ["cat", "dog"]
     assert len(source) == 6
     assert _labels(source) == [0, 0, 0, 1, 1, 1]
@@ -131,6 +138,85 @@ def test_open_splits_missing_path_names_it(tmp_path: Path) -> None:
         open_splits(str(missing))
     assert str(missing) in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def _mixed_folder(root: Path) -> Path:
+    """5 images at top level beside 2 sub-folders with 3 images between them (and a note file)."""
+    for index in range(5):
+        _write_png(root / f"top{index}.png")
+    _write_png(root / "extra" / "a.png")
+    (root / "extra" / "notes.txt").write_text("not an image")
+    _image_folder(root / "more", {"deeper": 2})
+    return root
+
+
+def test_mixed_folder_is_ambiguous_in_auto_layout(tmp_path: Path) -> None:
+    _mixed_folder(tmp_path)
+    for call in (lambda: scan_folder(tmp_path), lambda: open_splits(str(tmp_path))):
+        with pytest.raises(DataError) as caught:
+            call()
+        message = str(caught.value)
+        assert str(tmp_path) in message and "\n" not in message
+        assert "5 images at top level and 2 sub-folders with images (3 images)" in message
+        assert "--data-layout flat" in message and "--data-layout classes" in message
+
+
+def test_flat_layout_reads_top_level_images_only(tmp_path: Path) -> None:
+    _mixed_folder(tmp_path)
+
+    source = scan_folder(tmp_path, layout="flat")
+
+    assert source.classes == [] and _labels(source) == [-1] * 5
+    assert sorted(Path(source.path(index)).name for index in range(len(source))) == [f"top{i}.png" for i in range(5)]
+    assert source.ignored == {IGNORED_IN_SUBFOLDER: 3, IGNORED_NOT_IMAGE: 1}
+    splits = open_splits(str(tmp_path), layout="flat")
+    assert len(splits.pretrain) == 5 and splits.train is None
+    assert splits.ignored_files == {IGNORED_IN_SUBFOLDER: 3, IGNORED_NOT_IMAGE: 1}
+
+
+def test_classes_layout_reads_sub_folders_only(tmp_path: Path) -> None:
+    _mixed_folder(tmp_path)
+
+    source = scan_folder(tmp_path, layout="classes")
+
+    assert source.classes == ["extra", "more"] and _labels(source) == [0, 1, 1]
+    assert source.ignored == {IGNORED_TOP_LEVEL: 5, IGNORED_NOT_IMAGE: 1}
+    splits = open_splits(str(tmp_path), layout="classes", val_fraction=0.0, test_fraction=0.0)
+    assert splits.train is not None and len(splits.train) == 3
+    assert splits.ignored_files == {IGNORED_TOP_LEVEL: 5, IGNORED_NOT_IMAGE: 1}
+
+
+def test_layout_that_does_not_fit_the_folder_is_an_error(tmp_path: Path) -> None:
+    for index in range(2):
+        _write_png(tmp_path / "flat" / f"{index}.png")
+    with pytest.raises(DataError, match=r"no sub-folders with images.*2 images at top level.*--data-layout flat"):
+        scan_folder(tmp_path / "flat", layout="classes")
+    _image_folder(tmp_path / "classes", {"a": 1, "b": 2})
+    with pytest.raises(DataError, match=r"no images at the top level.*2 sub-folders with images \(3 images\)"):
+        scan_folder(tmp_path / "classes", layout="flat")
+
+
+def test_invalid_layout_is_a_config_error(tmp_path: Path) -> None:
+    _image_folder(tmp_path, {"a": 1})
+    for call in (lambda: scan_folder(tmp_path, layout="imagefolder"), lambda: open_splits(str(tmp_path), layout="x")):
+        with pytest.raises(ConfigError, match="allowed values are auto, flat, classes"):
+            call()
+
+
+def test_notes_sum_up_the_ignored_files_of_every_split_folder(tmp_path: Path) -> None:
+    _image_folder(tmp_path / "train", {"a": 2, "b": 2})
+    _image_folder(tmp_path / "val", {"a": 1, "b": 1})
+    _image_folder(tmp_path / "test", {"a": 1, "b": 1})
+    (tmp_path / "train" / "a" / "labels.json").write_text("{}")
+    (tmp_path / "val" / "b" / "notes.txt").write_text("x")
+    (tmp_path / "test" / ".DS_Store").write_bytes(b"")
+
+    splits = open_splits(str(tmp_path))
+
+    assert splits.ignored_files == {IGNORED_NOT_IMAGE: 2, IGNORED_HIDDEN: 1}
+    assert splits.notes[-1] == "ignored 3 files: 2 not an image (.json, .txt), 1 hidden file or folder"
+    clean = open_splits(str(tmp_path / "train" / "b"))
+    assert clean.ignored_files == {} and not any(note.startswith("ignored") for note in clean.notes)
 
 
 # --- sources --------------------------------------------------------------------------------------
@@ -416,6 +502,7 @@ def test_cifar_splits_wiring(tmp_path: Path, fake_torchvision: type[_FakeTorchvi
     assert splits.train.classes == ["cat", "dog"]
     assert splits.val.load(0).mode == "RGB"
     assert any(note.startswith("pretrain = the full cifar100 train split") for note in splits.notes)
+    assert splits.ignored_files == {}
 
 
 def test_stl10_pretrains_on_train_and_unlabeled(tmp_path: Path, fake_torchvision: type[_FakeTorchvisionSet]) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 
 import numpy as np
 import pytest
+from sklearn.svm import LinearSVC
 
 from selfsup.probes.metrics import mean_average_precision
 from selfsup.probes.svm import DEFAULT_COSTS, _svm, l2_normalize, low_shot_indices, train_voc_svms
@@ -84,6 +86,23 @@ def test_training_is_deterministic_for_a_seed() -> None:
     second = train_voc_svms(train_x, train_y, costs=[0.01, 1.0, 100.0], seed=3)
     np.testing.assert_array_equal(first.cv_ap, second.cv_ap)
     np.testing.assert_array_equal(first.weights, second.weights)
+
+
+def test_svms_are_fit_in_the_calling_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    # liblinear's shuffling generator is process-wide and seeded by each fit, so fits in concurrent
+    # threads make the result depend on timing. A race cannot be provoked reliably; that no fit runs
+    # outside the calling thread can be checked (this failed with the former 2-thread pool).
+    threads = set()
+    fit = LinearSVC.fit
+
+    def recorded_fit(self: LinearSVC, *args: object, **kwargs: object) -> LinearSVC:
+        threads.add(threading.get_ident())
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(LinearSVC, "fit", recorded_fit)
+    train_x, train_y = _data(45, seed=6)
+    train_voc_svms(train_x, train_y, costs=[0.01, 1.0])
+    assert threads == {threading.get_ident()}
 
 
 def test_class_without_positives_gets_nan_scores_and_ap() -> None:

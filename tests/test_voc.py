@@ -3,6 +3,7 @@ real sets when present."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import tarfile
 import types
@@ -103,6 +104,58 @@ def test_malformed_or_missing_annotation_names_the_file(tmp_path: Path) -> None:
         open_voc(root, "train", classes=["cat", "dog", "person"])
     (root / "Annotations" / "img2.xml").unlink()
     with pytest.raises(DataError, match=r"not found: .*img2\.xml"):
+        open_voc(root, "train", classes=["cat", "dog", "person"])
+
+
+def test_box_past_the_image_is_clipped_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    annotations = {
+        "img1": [("dog", (0, 1, 40, 20), False, False), ("cat", (5, 6, 7, 8), False, False)],  # image is 32x24
+        "img2": [("cat", (3, 4, 30, 30), False, False)],
+        "img3": [("person", (10, 10, 12, 14), False, False)],
+    }
+    root = write_voc(tmp_path, annotations)
+    # Without <size> only the lower bound is known: xmin 0 is clipped, xmax 99 is kept.
+    (root / "Annotations" / "img3.xml").write_text(_xml([("person", (0, 10, 99, 14), False, False)]).replace(
+        "<size><width>32</width><height>24</height><depth>3</depth></size>", ""))
+
+    with caplog.at_level(logging.WARNING, logger="selfsup.data.voc"):
+        voc = open_voc(root, "trainval")
+
+    assert voc.clipped_boxes == 3
+    assert voc.objects(0)[0].box == (0.0, 0.0, 32.0, 20.0) and voc.objects(0)[1].box == (4.0, 5.0, 7.0, 8.0)
+    assert voc.objects(1)[0].box == (2.0, 3.0, 30.0, 24.0)
+    assert voc.objects(2)[0].box == (0.0, 9.0, 99.0, 14.0)
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "clipped 3 box" in warnings[0] and "img1.xml" in warnings[0]
+    assert "3 boxes clipped" in voc.describe()
+    assert open_voc(root, "val").clipped_boxes == 1
+
+
+@pytest.mark.parametrize(
+    ("box", "problem"),
+    [
+        ((10, 5, 4, 8), "inverted box: xmin 10 > xmax 4"),
+        ((5, 9, 7, 8), "inverted box: ymin 9 > ymax 8"),
+        ((0, 0, 0, 0), "empty box: (0, 0, 0, 0) lies entirely outside the 32x24 image"),
+        ((40, 5, 50, 10), "empty box: (40, 5, 50, 10) lies entirely outside the 32x24 image"),
+    ],
+)
+def test_inverted_or_empty_box_names_the_file_and_object(
+    tmp_path: Path, box: tuple[int, int, int, int], problem: str
+) -> None:
+    annotations = {**TINY, "img2": [("dog", (1, 1, 5, 5), False, False), ("cat", box, False, False)]}
+    root = write_voc(tmp_path, annotations)
+    with pytest.raises(DataError) as error:
+        open_voc(root, "train", classes=["cat", "dog", "person"])
+    message = str(error.value)
+    assert f"VOC annotation {root / 'Annotations' / 'img2.xml'}: object 2 of 2 ('cat') has an {problem}" == message
+
+
+def test_non_finite_coordinate_is_malformed(tmp_path: Path) -> None:
+    root = write_voc(tmp_path)
+    (root / "Annotations" / "img2.xml").write_text(_xml([("cat", (1, 1, 5, 5), False, False)]).replace(
+        "<xmax>5</xmax>", "<xmax>nan</xmax>"))
+    with pytest.raises(DataError, match=r"malformed VOC annotation .*img2\.xml: <xmax> is 'nan', not a number"):
         open_voc(root, "train", classes=["cat", "dog", "person"])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import math
 import os
 import platform
 import shlex
@@ -15,26 +16,58 @@ from typing import Any, Callable
 
 import torch
 
-from selfsup.config import ConfigError
-from selfsup.data.images import BadImageError
-from selfsup.data.sources import DataError
+from selfsup.data.sources import LAYOUTS
+from selfsup.errors import UserError
 
-USER_ERRORS = (ConfigError, DataError, BadImageError, FileNotFoundError, ValueError)
+
+class Parser(argparse.ArgumentParser):
+    """The console scripts' parser: a bad option is one line (not the whole usage) with exit status 2, and
+    every command takes ``--debug``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true",
+                          help="show the full traceback of every error, including mistakes in the input")
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def add_trust_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="DANGEROUS: load a checkpoint of an older format with full unpickling, which can run "
+                             "any code the file holds, and convert it to the safe format in place (the original is "
+                             "kept as NAME.orig); only for files you made yourself")
+
+
+def add_data_layout_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-layout", default="auto", choices=LAYOUTS,
+                        help="how a folder of images is read: flat (unlabelled images at its top level), classes "
+                             "(one sub-folder per class) or auto (whichever it holds; both is an error)")
 
 
 def user_errors_exit(main: Callable[..., int]) -> Callable[..., int]:
-    """Turns the errors a user can fix into one line on stderr and exit status 2, not a traceback."""
+    """Turns the errors a user can fix (:class:`selfsup.errors.UserError`) into one line on stderr and exit
+    status 2; any other exception is a bug and keeps its traceback. ``--debug`` (or ``$SELFSUP_DEBUG``) shows
+    the traceback of user errors too."""
 
     @functools.wraps(main)
     def wrapper(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        given = sys.argv[1:] if argv is None else list(argv)
+        debug = "--debug" in given or bool(os.environ.get("SELFSUP_DEBUG"))
         try:
             return main(argv)
-        except USER_ERRORS as exc:
-            if os.environ.get("SELFSUP_DEBUG"):
+        except UserError as exc:
+            if debug:
                 raise
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except SystemExit as exc:  # argparse's errors and --help: a status, also for callers of main()
+            if isinstance(exc.code, int):
+                return exc.code
+            raise
         except KeyboardInterrupt:
             print("interrupted; the last checkpoint is kept (use --resume to continue)", file=sys.stderr)
             return 130
@@ -73,6 +106,17 @@ def int_list(text: str) -> list[int]:
     return values
 
 
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (``nan`` and ``inf`` parse as floats but are never meaningful here)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: give a finite number")
+    return value
+
+
 def given_overrides(args: argparse.Namespace, flags: dict[str, tuple[str, type, str]]) -> dict[str, Any]:
     return {dotted: getattr(args, dotted) for dotted, _, _ in flags.values() if getattr(args, dotted) is not None}
 
@@ -92,7 +136,7 @@ def git_commit() -> str | None:
 def machine_description(device: torch.device) -> dict[str, Any]:
     described = {
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a str subclass that a safe checkpoint load refuses
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

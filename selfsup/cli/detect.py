@@ -33,16 +33,19 @@ from typing import Any, Callable
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
-from selfsup.checkpoint import load_checkpoint, seed_everything
-from selfsup.cli.common import int_list, run_until_record, user_errors_exit
+from selfsup.checkpoint import seed_everything
+from selfsup.cli.common import Parser, add_trust_option, finite_float, int_list, run_until_record, user_errors_exit
 from selfsup.config import ModelConfig
 from selfsup.data.loading import BadFileLog, EpochBatchSampler
 from selfsup.data.voc import open_voc, resolve_voc_root, voc_classes
 from selfsup.distributed import pick_device
-from selfsup.models import Encoder, build_encoder
-from selfsup.pretext import TASKS, build_task
+from selfsup.errors import ConfigError, DataError
+from selfsup.models import ARCHS, Encoder
+from selfsup.outputs import check_output_file
+from selfsup.pretext import TASKS
 from selfsup.probes.frozen import FrozenEncoder, load_frozen
 from selfsup.probes.records import SELECTION_SPLITS, check_selection, finish_record, new_record, write_record
 from selfsup.transfer.detection import (
@@ -64,7 +67,7 @@ from selfsup.transfer.detection import (
     resolve_backbone,
     train_one_epoch,
 )
-from selfsup.models.base import freeze_layers
+from selfsup.models.base import check_input_size, freeze_layers
 from selfsup.transfer.frontend import fold_input_mapping
 from selfsup.transfer.voc_eval import DetectionScores, format_ap_table
 
@@ -74,7 +77,7 @@ MAX_WARMUP_STEPS = 500
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ssl-detect", description=__doc__,
+    parser = Parser(prog="ssl-detect", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="an ssl-pretrain checkpoint (last.pt) or 'random'")
     parser.add_argument("--data", default="demo", help="a VOC-layout folder (e.g. VOCdevkit/VOC2007) or 'demo' (default)")
@@ -97,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="short sides drawn from in training, e.g. 112,128,144 (default: --min-size only)")
     parser.add_argument("--epochs", type=int, default=16,
                         help="training epochs (default 16: the demo set in about 8 minutes on 2 CPU cores)")
-    parser.add_argument("--lr", type=float, default=0.02, help="peak learning rate (default 0.02)")
+    parser.add_argument("--lr", type=finite_float, default=0.02, help="peak learning rate (default 0.02)")
     parser.add_argument("--batch-size", type=int, default=4, help="images per step (default 4)")
     parser.add_argument("--fc-dim", type=int, default=FC_DIM,
                         help=f"width of fresh fc6/fc7 box heads (default {FC_DIM}; pretext fc layers keep theirs)")
@@ -114,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-every", type=int, default=1, help="score the selection split every N epochs (and after the last)")
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "auto"),
                         help="bf16 autocast of backbone and box head (default), fp32, or auto (bf16 on CUDA only)")
-    parser.add_argument("--arch", default=ModelConfig.arch, help="encoder for --checkpoint random")
-    parser.add_argument("--width", type=float, default=None, help="width multiplier for --checkpoint random")
+    parser.add_argument("--arch", default=ModelConfig.arch, choices=list(ARCHS), help="encoder for --checkpoint random")
+    parser.add_argument("--width", type=finite_float, default=None, help="width multiplier for --checkpoint random")
     parser.add_argument("--input-like", default="rotation", choices=sorted(TASKS),
                         help="for --checkpoint random: feed the encoder as this task does (e.g. colorization: L only)")
     parser.add_argument("--workers", type=int, default=1)
@@ -123,26 +126,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="result JSON (default: next to the checkpoint, detect_<backbone>.json)")
     parser.add_argument("--figure", default=None, help="PNG of test detections (default: next to the record)")
+    add_trust_option(parser)
     return parser
 
 
 def check_args(args: argparse.Namespace) -> None:
-    for name in ("epochs", "batch_size", "min_size", "max_size", "fc_dim", "eval_every", "lr"):
+    """ConfigError (one line) for an option value or combination that cannot work, before any work."""
+    for name in ("checkpoint", "data", "data_root", "out", "figure"):
+        if getattr(args, name) == "":
+            raise ConfigError(f"--{name.replace('_', '-')} '' is invalid: give a path or name")
+    for name, least in (("epochs", 1), ("batch_size", 1), ("min_size", 1), ("max_size", 1), ("fc_dim", 1),
+                        ("eval_every", 1), ("workers", 0)):
         value = getattr(args, name)
-        if value <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} {value} is invalid: must be above 0")
-    if args.workers < 0:
-        raise ValueError(f"--workers {args.workers} is invalid: must be at least 0")
+        if value < least:
+            raise ConfigError(f"--{name.replace('_', '-')} {value} is invalid: must be at least {least}")
+    for name in ("lr", "width"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} {value:g} is invalid: must be above 0")
     if args.rescale and not args.frozen_bn:
-        raise ValueError("--rescale is invalid with --trainable-bn: a BatchNorm that trains renormalises every batch "
-                         "and undoes the rescaling; allowed: --rescale with --frozen-bn (the default)")
+        raise ConfigError("--rescale is invalid with --trainable-bn: a BatchNorm that trains renormalises every batch "
+                          "and undoes the rescaling; allowed: --rescale with --frozen-bn (the default)")
     if args.max_size < args.min_size:
-        raise ValueError(f"--max-size {args.max_size} is invalid: must be at least --min-size {args.min_size}")
+        raise ConfigError(f"--max-size {args.max_size} is invalid: must be at least --min-size {args.min_size}")
+    if args.figure is not None and Path(args.figure).suffix.lower() not in Image.registered_extensions():
+        raise ConfigError(f"--figure {args.figure} is invalid: give an image file name such as detections.png")
     check_selection(args.selection_split, args.force_test_selection)
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """OutputError (one line) when --out or --figure cannot be written, before any work; the default
+    places are checked once the checkpoint has loaded (a mistyped path must not create folders)."""
+    if args.out is not None:
+        check_output_file(args.out, "--out")
+    if args.figure is not None:
+        check_output_file(args.figure, "--figure")
+
+
 def default_out(args: argparse.Namespace, frozen: FrozenEncoder, backbone: str) -> Path:
-    if args.out:
+    if args.out is not None:
         return Path(args.out)
     name = f"detect_{backbone}.json"
     if frozen.name == "random":
@@ -153,14 +175,9 @@ def default_out(args: argparse.Namespace, frozen: FrozenEncoder, backbone: str) 
 
 def pretext_head(frozen: FrozenEncoder) -> PretextFC | None:
     """fc6/fc7 of the checkpoint's pretext head, for the AlexNet box head (DeepCluster and Jigsaw only)."""
-    if frozen.name not in ("deepcluster", "jigsaw") or not is_alexnet(frozen.encoder):
+    if frozen.task is None or not is_alexnet(frozen.encoder):
         return None
-    state = load_checkpoint(frozen.checkpoint)
-    spec, task_spec = state["encoder"], state["task"]
-    encoder = build_encoder(spec["arch"], in_channels=spec["in_channels"], width=spec["width"])
-    task = build_task(task_spec["name"], encoder, task_spec["options"], num_classes=task_spec.get("num_classes"))
-    task.load_state_dict(state["model"])
-    return pretext_fc(task)
+    return pretext_fc(frozen.task)
 
 
 def prepare_encoder(args: argparse.Namespace, frozen: FrozenEncoder) -> tuple[Encoder, Callable | None, str]:
@@ -190,17 +207,26 @@ def scores_entry(scores: DetectionScores, classes: list[str], split: str, per_cl
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     check_args(args)
+    check_outputs(args)
     device = pick_device(args.device)
     seed_everything(args.seed)
     frozen = load_frozen(args.checkpoint, arch=args.arch, width=args.width, image_size=None, seed=args.seed,
-                         input_task=args.input_like)
+                         input_task=args.input_like, trust=args.trust_checkpoint)
     backbone = resolve_backbone(frozen.encoder, args.backbone)
+    out_path = default_out(args, frozen, backbone)
+    if args.out is None:
+        check_output_file(out_path, "the default --out")
+    if args.figure is None:
+        check_output_file(out_path.with_suffix(".png"), "the default --figure")
+    check_input_size(frozen.encoder, args.min_size, "--min-size")
+    if args.multiscale is not None:
+        check_input_size(frozen.encoder, min(args.multiscale), "--multiscale")
     root = resolve_voc_root(args.data, args.data_root)
     classes = voc_classes(root)
     splits = {role: open_voc(root, getattr(args, f"{role}_split"), classes) for role in ("train", "val", "test")}
     if len(splits["train"]) < args.batch_size:
-        raise ValueError(f"--batch-size {args.batch_size} is invalid for {splits['train'].describe()}: "
-                         "must be at most the number of training images")
+        raise ConfigError(f"--batch-size {args.batch_size} is invalid for {splits['train'].describe()}: "
+                          "must be at most the number of training images")
 
     encoder, input_fn, frontend_text = prepare_encoder(args, frozen)
     frozen_norms = freeze_batchnorm(encoder) if args.frozen_bn else 0
@@ -213,6 +239,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.rescale:
         images = [item.image.float() / 255 for item in (train_set[i] for i in range(min(RESCALE_IMAGES, len(train_set))))
                   if item.image is not None]
+        if not images:
+            raise DataError(f"--rescale found no readable image among the first {RESCALE_IMAGES} of "
+                            f"{splits['train'].describe()}")
         rescaled = [unit.name for unit in rescale_backbone(model, images)]
     model.to(device)
 
@@ -270,7 +299,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pretraining={k: v for k, v in frozen.record.items() if k != "encoder"},
         data=args.data,
         splits={"root": str(root), "classes": classes,
-                **{role: split.describe() for role, split in splits.items()}},
+                **{role: split.describe() for role, split in splits.items()},
+                "clipped_boxes": {role: split.clipped_boxes for role, split in splits.items()}},
         protocol={
             "detector": "torchvision Faster R-CNN",
             **parts,
@@ -294,10 +324,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         selection_split=selection,
         force_test_selection=args.force_test_selection,
     )
-    out_path = default_out(args, frozen, backbone)
     test_indices, test_detections = ((indices, detections) if other == "test"
                                      else evaluate(model, eval_loaders["test"], splits["test"], device, "test", bad.add)[1:])
-    figure = draw_detections(splits["test"], test_indices, test_detections, args.figure or out_path.with_suffix(".png"))
+    figure_path = out_path.with_suffix(".png") if args.figure is None else args.figure
+    figure = draw_detections(splits["test"], test_indices, test_detections, figure_path)
     # image_size: the test-time short side, the key tables use to pair a row with its random baseline
     record.update(layers={backbone: result}, history=history, figure=str(figure), image_size=args.min_size,
                   trainable_parameters=sum(p.numel() for p in trainable), bad_files_skipped=bad.count)

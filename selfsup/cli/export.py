@@ -15,23 +15,31 @@ from __future__ import annotations
 import argparse
 import sys
 
-from selfsup.cli.common import user_errors_exit
+from selfsup.cli.common import Parser, add_trust_option, user_errors_exit
+from selfsup.errors import ConfigError
+from selfsup.outputs import check_output_file
 from selfsup.transfer.export import FORMATS, export_backbone
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ssl-export", description=__doc__,
+    parser = Parser(prog="ssl-export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="an ssl-pretrain checkpoint (last.pt)")
     parser.add_argument("--format", required=True, choices=FORMATS, help="what loads the file")
     parser.add_argument("--out", required=True, help="file to write (.pkl for detectron2); FILE.json goes beside it")
+    add_trust_option(parser)
     return parser
 
 
 @user_errors_exit
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    metadata = export_backbone(args.checkpoint, args.format, args.out)
+    for name in ("checkpoint", "out"):
+        if getattr(args, name) == "":
+            raise ConfigError(f"--{name} '' is invalid: give a path")
+    check_output_file(args.out, "--out")
+    check_output_file(args.out + ".json", "--out's FILE.json")
+    metadata = export_backbone(args.checkpoint, args.format, args.out, trust=args.trust_checkpoint)
     print(f"wrote {args.out} ({args.format}: {metadata['arch']} from a {metadata['task']} checkpoint) and {args.out}.json")
     print(f"input: {metadata['input']}")
     if "pixel_format" in metadata:

@@ -25,16 +25,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from selfsup.checkpoint import seed_everything
-from selfsup.cli.common import run_until_record, user_errors_exit
+from selfsup.cli.common import Parser, add_data_layout_option, add_trust_option, finite_float, run_until_record, user_errors_exit
 from selfsup.config import ModelConfig, OptimConfig
 from selfsup.data.loading import BadFileLog, CenterCrop, EpochBatchSampler, RandomCrop, eval_loader, train_loader
 from selfsup.data.sources import DataError, ImageSource, open_splits
 from selfsup.data.voc import open_voc, resolve_voc_root, voc_classes
 from selfsup.distributed import pick_device
+from selfsup.errors import ConfigError
+from selfsup.models import ARCHS
 from selfsup.optim import build_optimizer, build_scheduler
+from selfsup.outputs import check_output_file
 from selfsup.pretext import TASKS
 from selfsup.probes.finetune import (
     FinetuneNet,
@@ -47,7 +49,7 @@ from selfsup.probes.finetune import (
     fit,
     trained_from,
 )
-from selfsup.models.base import freeze_layers
+from selfsup.models.base import check_input_size, freeze_layers
 from selfsup.probes.frozen import FrozenEncoder, load_frozen
 from selfsup.probes.records import SELECTION_SPLITS, check_selection, finish_record, new_record, write_record
 
@@ -59,20 +61,21 @@ EVAL_BATCH = 256
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ssl-finetune", description=__doc__,
+    parser = Parser(prog="ssl-finetune", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="an ssl-pretrain checkpoint (last.pt) or 'random'")
     parser.add_argument("--data", default=None,
                         help="labelled data, or a VOC-layout folder / demo-voc for multi-label "
                              "(default: the checkpoint's pretraining data, else demo)")
     parser.add_argument("--data-root", default=None)
+    add_data_layout_option(parser)
     parser.add_argument("--freeze", default="none",
                         help="'none' trains everything; a layer (e.g. conv2, res3) freezes it and all before it, "
                              "BatchNorm statistics included")
     parser.add_argument("--epochs", type=int, default=None,
                         help=f"default {EPOCHS['single-label']}, or {EPOCHS['multi-label']} for VOC, whose train splits are "
                              "small (200 images in demo-voc, 2,501 in VOC2007)")
-    parser.add_argument("--lr", type=float, default=0.02, help="peak learning rate (batch 64)")
+    parser.add_argument("--lr", type=finite_float, default=0.02, help="peak learning rate (batch 64)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--schedule", default="cosine", choices=("cosine", "step"),
                         help="after one warm-up epoch: cosine to zero, or x0.1 at 50%% and 75%% of the epochs")
@@ -80,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fc6/fc7 width of the AlexNet head (default: 4096 from 160 px, 1024 from 96 px, else 512)")
     parser.add_argument("--image-size", type=int, default=None,
                         help="input size (default: the checkpoint's training crop size; the demo preset's for random)")
-    parser.add_argument("--eval-crop", type=float, default=None,
+    parser.add_argument("--eval-crop", type=finite_float, default=None,
                         help="central fraction of the short side kept at evaluation (default 1.0 below 96 px, else 0.875)")
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "auto"),
                         help="bf16 autocast (default: about 3x faster than fp32 on a CPU with AVX512-BF16), "
@@ -89,32 +92,40 @@ def build_parser() -> argparse.ArgumentParser:
                         help="split that picks the epoch kept; test is refused without --force-test-selection")
     parser.add_argument("--force-test-selection", action="store_true",
                         help="allow --selection-split test; the record is marked as test-selected")
-    parser.add_argument("--arch", default=ModelConfig.arch, help="encoder for --checkpoint random")
-    parser.add_argument("--width", type=float, default=None, help="width multiplier for --checkpoint random")
+    parser.add_argument("--arch", default=ModelConfig.arch, choices=list(ARCHS), help="encoder for --checkpoint random")
+    parser.add_argument("--width", type=finite_float, default=None, help="width multiplier for --checkpoint random")
     parser.add_argument("--input-like", default="rotation", choices=sorted(TASKS),
                         help="for --checkpoint random: feed the encoder as this task does (e.g. colorization: L only)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="result JSON (default: next to the checkpoint)")
+    add_trust_option(parser)
     return parser
 
 
 def check_args(args: argparse.Namespace) -> None:
-    for name in ("epochs", "batch_size", "workers", "hidden", "image_size", "lr", "eval_crop"):
+    """ConfigError (one line) for an option value that cannot work, before any work; 0 is a value like
+    any other, never read as "not given"."""
+    for name in ("checkpoint", "data", "data_root", "out"):
+        if getattr(args, name) == "":
+            raise ConfigError(f"--{name.replace('_', '-')} '' is invalid: give a path or name")
+    for name, least in (("epochs", 1), ("batch_size", 2), ("workers", 0), ("hidden", 1), ("image_size", 1)):
         value = getattr(args, name)
-        if value is not None and (value < 0 if name == "workers" else value <= 0):
-            allowed = "at least 0" if name == "workers" else "above 0"
-            raise ValueError(f"--{name.replace('_', '-')} {value} is invalid: must be {allowed}")
-    if args.batch_size == 1:
-        raise ValueError("--batch-size 1 is invalid: must be at least 2 (the classifier's BatchNorms need two images)")
-    if args.eval_crop is not None and args.eval_crop > 1:
-        raise ValueError(f"--eval-crop {args.eval_crop} is invalid: must be a fraction in (0, 1]")
+        if value is not None and value < least:
+            why = " (the classifier's BatchNorms need two images)" if name == "batch_size" else ""
+            raise ConfigError(f"--{name.replace('_', '-')} {value} is invalid: must be at least {least}{why}")
+    for name in ("lr", "width"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} {value:g} is invalid: must be above 0")
+    if args.eval_crop is not None and not 0 < args.eval_crop <= 1:
+        raise ConfigError(f"--eval-crop {args.eval_crop:g} is invalid: must be a fraction in (0, 1]")
     check_selection(args.selection_split, args.force_test_selection)
 
 
 def default_out(args: argparse.Namespace, frozen: FrozenEncoder, multi_label: bool) -> Path:
-    if args.out:
+    if args.out is not None:
         return Path(args.out)
     name = f"finetune{'-voc' if multi_label else ''}_{args.freeze}.json"
     if frozen.name == "random":
@@ -135,7 +146,8 @@ def is_voc(data: str) -> bool:
     return any((c / "JPEGImages").is_dir() or (c / "Annotations").is_dir() for c in candidates)
 
 
-def open_data(data: str, data_root: str | None, seed: int) -> tuple[dict[str, ImageSource], Objective, list[str]]:
+def open_data(data: str, data_root: str | None, seed: int,
+              layout: str = "auto") -> tuple[dict[str, ImageSource], Objective, list[str]]:
     """Train/val/test sources, the objective that fits them, and notes on how the splits were made."""
     if is_voc(data):
         root = resolve_voc_root("demo" if data == VOC_DEMO else data, data_root)
@@ -143,7 +155,7 @@ def open_data(data: str, data_root: str | None, seed: int) -> tuple[dict[str, Im
         sources = {split: open_voc(root, split, classes) for split in ("train", "val", "test")}
         objective = MultiLabel({split: source.image_labels() for split, source in sources.items()}, classes)
         return sources, objective, [f"VOC folder {root}: ImageSets/Main train, val and test as given"]
-    splits = open_splits(data, data_root, seed=seed)
+    splits = open_splits(data, data_root, seed=seed, layout=layout)
     if splits.train is None or splits.val is None or splits.test is None:
         raise DataError(f"fine-tuning needs labelled train/val/test splits; {data} has none ({'; '.join(splits.notes)})")
     return {"train": splits.train, "val": splits.val, "test": splits.test}, SingleLabel(), splits.notes
@@ -152,21 +164,30 @@ def open_data(data: str, data_root: str | None, seed: int) -> tuple[dict[str, Im
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     check_args(args)
+    if args.out is not None:
+        check_output_file(args.out, "--out")
     device = pick_device(args.device)
     seed_everything(args.seed)
     frozen = load_frozen(args.checkpoint, arch=args.arch, width=args.width, image_size=args.image_size, seed=args.seed,
-                         input_task=args.input_like)
+                         input_task=args.input_like, trust=args.trust_checkpoint)
     encoder = frozen.encoder
     freeze_layers(encoder, args.freeze)
+    check_input_size(encoder, frozen.image_size, "--image-size")
     trained_on = frozen.record.get("data", {})
-    data = args.data or trained_on.get("spec") or "demo"
-    data_root = args.data_root or (trained_on.get("root") if data == trained_on.get("spec") else None)
-    sources, objective, notes = open_data(data, data_root, args.seed)
+    data = args.data if args.data is not None else trained_on.get("spec") or "demo"
+    if args.data_root is not None:
+        data_root = args.data_root
+    else:
+        data_root = trained_on.get("root") if data == trained_on.get("spec") else None
+    sources, objective, notes = open_data(data, data_root, args.seed, args.data_layout)
     multi_label = isinstance(objective, MultiLabel)
+    out_path = default_out(args, frozen, multi_label)
+    if args.out is None:  # checked only now: its name depends on the data
+        check_output_file(out_path, "the default --out")
     if len(sources["train"]) < args.batch_size:
         raise DataError(f"--batch-size {args.batch_size} is invalid for {sources['train'].describe()}: "
                         "must be at most the number of training images")
-    epochs = args.epochs or EPOCHS[objective.kind]
+    epochs = EPOCHS[objective.kind] if args.epochs is None else args.epochs
     head, head_text = build_classifier(encoder, frozen.image_size, len(sources["train"].classes), args.hidden)
     model = FinetuneNet(encoder, head, frozen.input_fn).to(device)
 
@@ -177,7 +198,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sampler = EpochBatchSampler(len(sources["train"]), args.batch_size, seed=args.seed)
     optimizer = build_optimizer(model, optim_cfg)
     scheduler = build_scheduler(optimizer, optim_cfg, sampler.steps_per_epoch, epochs)
-    eval_crop = args.eval_crop or (1.0 if frozen.image_size < 96 else 0.875)
+    eval_crop = (1.0 if frozen.image_size < 96 else 0.875) if args.eval_crop is None else args.eval_crop
     eval_view = CenterCrop(frozen.image_size, eval_crop)
     pin = device.type == "cuda"
     loaders = {
@@ -238,7 +259,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bad_files_skipped=bad.count,
     )
     finish_record(record, started=started, device=device)
-    out = write_record(record, default_out(args, frozen, multi_label))
+    out = write_record(record, out_path)
     print(format_summary(record, objective))
     print(f"\nselected on {args.selection_split}{' (FORCED: test-selected)' if record['forced_test_selection'] else ''}, "
           f"reported on test; {bad.count} unreadable files skipped; {record['wall_time_s']} s; record written to {out}")

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from selfsup.checkpoint import seed_everything
-from selfsup.cli.common import add_overrides, command_line, git_commit, given_overrides, machine_description, user_errors_exit
+from selfsup.checkpoint import atomic_file, remove_stale_temporaries, seed_everything
+from selfsup.cli.common import Parser, add_overrides, add_trust_option, command_line, git_commit, given_overrides, machine_description, user_errors_exit
 from selfsup.config import (
     ConfigError,
     PretrainConfig,
@@ -29,9 +29,11 @@ from selfsup.config import (
 )
 from selfsup.data.loading import CenterCrop, RandomCrop
 from selfsup.data.sources import Splits, open_splits
+from selfsup.errors import DataError
 from selfsup.distributed import init_distributed, shutdown
-from selfsup.engine import Trainer
+from selfsup.engine import CHECKPOINT_NAME, Trainer
 from selfsup.models import build_encoder
+from selfsup.outputs import RunLock, check_free_space, check_output_dir
 from selfsup.presets import load_preset
 from selfsup.pretext import TASKS, PretextTask, build_task
 from selfsup.probes.knn import KnnMonitor, random_subset
@@ -52,12 +54,19 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "--seed": ("train.seed", int, "random seed"),
     "--out": ("train.out", str, "output folder"),
     "--checkpoint-every": ("train.checkpoint_every", int, "checkpoint interval in steps"),
-    "--resume": ("train.resume", bool, "continue from <out>/last.pt"),
+    "--data-layout": ("data.layout", str, "how a folder of images is read: auto, flat or classes"),
+    "--resume": ("train.resume", bool, "continue from <out>/last.pt (its config must match; see the README's Safety)"),
+    "--accept-config-changes": ("train.accept_config_changes", bool,
+                                "with --resume: continue although the config differs from the checkpoint's"),
 }
 
 
 def parse_config(argv: list[str] | None) -> PretrainConfig:
-    parser = argparse.ArgumentParser(prog="ssl-pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return config_from_args(build_parser().parse_args(argv))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="ssl-pretrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file of config fields (e.g. experiments/*.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any field, e.g. --set optim.schedule=step --set pretext.head_hidden=0")
@@ -66,7 +75,11 @@ def parse_config(argv: list[str] | None) -> PretrainConfig:
                              "without --config: CPU-sized runs that learn in minutes) or 'none' (dataclass defaults)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     add_overrides(parser, FLAGS)
-    args = parser.parse_args(argv)
+    add_trust_option(parser)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> PretrainConfig:
     file_values: dict[str, Any] = load_yaml(args.config) if args.config else {}
     set_values = parse_overrides(args.set)
     task = args.task or set_values.get("task") or file_values.get("task") or PretrainConfig.task
@@ -115,34 +128,61 @@ def build_knn_monitor(cfg: PretrainConfig, splits: Splits, task: PretextTask, an
     )
 
 
-def run(cfg: PretrainConfig) -> dict[str, Any]:
+def output_folder(cfg: PretrainConfig) -> Path:
+    try:
+        return Path(cfg.train.out.format(task=cfg.task, arch=cfg.model.arch))
+    except (KeyError, IndexError, ValueError):
+        raise ConfigError(f"train.out = {cfg.train.out!r} is invalid: the only placeholders are {{task}} and {{arch}}") from None
+
+
+def run(cfg: PretrainConfig, *, trust_checkpoint: bool = False) -> dict[str, Any]:
+    """Trains ``cfg``'s task; ``trust_checkpoint``: a resume may convert an older, pickled checkpoint."""
     dist_info = init_distributed(cfg.train.device)
+    out_dir = output_folder(cfg)
+    lock = None
+    if dist_info.is_main:  # before any work: a bad --out or a busy folder fails at once
+        check_output_dir(out_dir)
+        lock = RunLock(out_dir).acquire()
+        for stale in remove_stale_temporaries(out_dir):
+            print(f"removed {stale}, left by a write that was killed", file=sys.stderr)
+    try:
+        return _train(cfg, dist_info, out_dir, trust_checkpoint)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: PretrainConfig, dist_info, out_dir: Path, trust_checkpoint: bool) -> dict[str, Any]:
     seed_everything(cfg.train.seed)
     task_cls = TASKS[cfg.task]
-    splits = open_splits(cfg.data.data, cfg.data.data_root, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed)
+    splits = open_splits(cfg.data.data, cfg.data.data_root, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed,
+                         layout=cfg.data.layout)
     needs_labels = getattr(task_cls, "needs_labels", False)
     source = splits.train if needs_labels else splits.pretrain
     if source is None:
-        raise ValueError(f"task {cfg.task} needs labelled data, but {cfg.data.data} has no class sub-folders")
+        raise DataError(f"task {cfg.task} needs labelled data, but {cfg.data.data} has no class sub-folders")
     task_cfg = task_cls.fit_to_data(from_dict(task_cls.Config, cfg.pretext, prefix="pretext."), len(source))
     in_channels = task_cls.encoder_channels(task_cfg)
     encoder = build_encoder(cfg.model.arch, in_channels=in_channels, width=cfg.model.width)
     task = build_task(cfg.task, encoder, dataclasses.asdict(task_cfg), num_classes=len(source.classes) or None)
-    out_dir = Path(cfg.train.out.format(task=cfg.task, arch=cfg.model.arch))
     record = {
         "kind": "pretrain",
         "task": {"name": cfg.task, "options": dataclasses.asdict(task.cfg), "num_classes": len(source.classes) or None},
         "encoder": {"arch": cfg.model.arch, "width": cfg.model.width, "in_channels": in_channels},
         "image_size": cfg.data.image_size,
         "config": to_dict(cfg),
-        "data": {"spec": cfg.data.data, "root": cfg.data.data_root, "source": source.describe(), "notes": splits.notes},
+        "data": {"spec": cfg.data.data, "root": cfg.data.data_root, "source": source.describe(), "notes": splits.notes,
+                 "ignored_files": splits.ignored_files},
         "command": command_line(),
         "git_commit": git_commit(),
         "machine": machine_description(dist_info.device),
     }
     if dist_info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        # weights, up to two optimiser slots per weight (Adam), and room for the temporary of an atomic write
+        weight_bytes = sum(t.numel() * t.element_size() for t in task.state_dict().values())
+        check_free_space(out_dir, 4 * weight_bytes + 2**20, f"a checkpoint ({out_dir / CHECKPOINT_NAME})")
+        with atomic_file(out_dir / "config.yaml", "w") as handle:
+            handle.write(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         n_params = sum(p.numel() for p in task.parameters())
         print(
             f"ssl-pretrain: task {cfg.task}, encoder {cfg.model.arch} ({n_params / 1e6:.2f} M parameters with heads), "
@@ -162,6 +202,7 @@ def run(cfg: PretrainConfig) -> dict[str, Any]:
         channels_last=cfg.model.channels_last,
         feature_view=CenterCrop(cfg.data.image_size),
         knn_monitor=build_knn_monitor(cfg, splits, task, dist_info.is_main),
+        trust_checkpoint=trust_checkpoint,
     )
     summary = trainer.fit()
     if dist_info.is_main:
@@ -186,6 +227,7 @@ def print_summary(summary: dict[str, Any], metric: str) -> None:
     lines += [
         f"throughput      {summary['images_per_s']} images/s over {summary['wall_time_s']} s",
         f"unreadable files skipped: {summary['bad_files_skipped']}",
+        f"files ignored   {ignored_text(summary['data'].get('ignored_files') or {})}",
         f"checkpoint      {summary['checkpoint']}",
         f"summary         {Path(summary['checkpoint']).parent / 'summary.json'}",
         f"tensorboard     tensorboard --logdir {Path(summary['checkpoint']).parent / 'tb'}",
@@ -194,9 +236,18 @@ def print_summary(summary: dict[str, Any], metric: str) -> None:
     print("\n".join(lines))
 
 
+def ignored_text(ignored: dict[str, int]) -> str:
+    """``{"not an image": 2, ...}`` as ``3 (2 not an image, 1 hidden)``, or ``0``."""
+    total = sum(ignored.values())
+    if not total:
+        return "0"
+    return f"{total} ({', '.join(f'{count} {reason}' for reason, count in ignored.items())})"
+
+
 @user_errors_exit
 def main(argv: list[str] | None = None) -> int:
-    run(parse_config(argv))
+    args = build_parser().parse_args(argv)
+    run(config_from_args(args), trust_checkpoint=args.trust_checkpoint)
     return 0
 
 

@@ -17,21 +17,25 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from selfsup.checkpoint import seed_everything
-from selfsup.cli.common import int_list, user_errors_exit
+from selfsup.checkpoint import atomic_file, seed_everything
+from selfsup.cli.common import Parser, add_data_layout_option, add_trust_option, finite_float, int_list, user_errors_exit
 from selfsup.config import DataConfig, ModelConfig
 from selfsup.data.loading import BadFileLog, CenterCrop, EpochBatchSampler, RandomCrop, eval_loader, train_loader
 from selfsup.data.sources import DataError, ImageSource, open_splits
 from selfsup.distributed import pick_device
+from selfsup.errors import ConfigError
+from selfsup.models import ARCHS
+from selfsup.models.base import check_input_size
+from selfsup.outputs import check_output_dir, check_output_file
 from selfsup.probes.frozen import FrozenEncoder, load_frozen
 from selfsup.probes.linear import (
     PROTOCOLS,
@@ -58,13 +62,13 @@ def float_list(text: str) -> list[float]:
         values = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give positive numbers, e.g. 0.01,0.1,1")
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive finite numbers, e.g. 0.01,0.1,1")
     return values
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ssl-probe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="ssl-probe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="an ssl-pretrain checkpoint (last.pt) or 'random'")
     parser.add_argument("--freeze", default="all", help="layer whose output is probed (e.g. conv3, res4), or 'all'")
     parser.add_argument("--method", default="linear", choices=METHODS,
@@ -74,16 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="labelled data (default: the checkpoint's pretraining data, else demo); for --method svm "
                              "a VOC-layout folder, or demo-voc (the default) for the demo set's VOC split")
     parser.add_argument("--data-root", default=None)
+    add_data_layout_option(parser)
     parser.add_argument("--pool", default="auto", choices=PRESETS, help="feature pooling preset (see SPEC.md)")
     parser.add_argument("--protocol", default="common", choices=sorted(PROTOCOLS), help="optimiser preset (linear)")
     parser.add_argument("--epochs", type=int, help="override the protocol's epochs (milestones scale along)")
-    parser.add_argument("--lr", type=float, help="override the protocol's learning rate")
+    parser.add_argument("--lr", type=finite_float, help="override the protocol's learning rate")
     parser.add_argument("--batch-size", type=int, help="override the protocol's batch size")
     parser.add_argument("--augment", action="store_true",
                         help="linear: random crops and flips for the train split (features are then computed every epoch)")
     parser.add_argument("--knn-k", type=int_list, default=list(KNN_KS),
                         help=f"kNN: neighbour counts to choose from on the selection split (default {','.join(map(str, KNN_KS))})")
-    parser.add_argument("--knn-temperature", type=float, default=KNN_TEMPERATURE,
+    parser.add_argument("--knn-temperature", type=finite_float, default=KNN_TEMPERATURE,
                         help=f"kNN: vote weight exp(similarity / T) (default {KNN_TEMPERATURE}, Wu et al. 2018)")
     parser.add_argument("--svm-costs", type=float_list, default=None,
                         help="svm: costs to cross-validate per class (default: the benchmark's list)")
@@ -96,28 +101,32 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow --selection-split test; the record and its tables are marked as test-selected")
     parser.add_argument("--save-features", default=None, metavar="DIR",
                         help="also write each split's pooled features per layer, labels and source indices as .npy")
-    parser.add_argument("--max-cache-gb", type=float, default=6.0,
+    parser.add_argument("--max-cache-gb", type=finite_float, default=6.0,
                         help="cache pooled features in memory up to this size; above it they are streamed")
-    parser.add_argument("--arch", default=ModelConfig.arch, help="encoder for --checkpoint random")
-    parser.add_argument("--width", type=float, default=None, help="width multiplier for --checkpoint random")
+    parser.add_argument("--arch", default=ModelConfig.arch, choices=list(ARCHS), help="encoder for --checkpoint random")
+    parser.add_argument("--width", type=finite_float, default=None, help="width multiplier for --checkpoint random")
     parser.add_argument("--input-like", default="rotation", choices=sorted(TASKS),
                         help="for --checkpoint random: feed the encoder as this task does (e.g. colorization: L only)")
     parser.add_argument("--image-size", type=int, default=None,
                         help=f"probe input size (default: the checkpoint's training crop size; {DataConfig.image_size} "
                              "for --checkpoint random); set it to compare encoders trained at different sizes")
-    parser.add_argument("--eval-crop", type=float, default=None,
+    parser.add_argument("--eval-crop", type=finite_float, default=None,
                         help="central fraction of the short side kept at evaluation (default 1.0 below 96 px, else 0.875)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="result JSON (default: next to the checkpoint)")
+    add_trust_option(parser)
     return parser
 
 
 def probe_layers(frozen: FrozenEncoder, freeze: str) -> list[str]:
+    encoder = frozen.encoder
     if freeze == "all":
-        return list(frozen.encoder.layer_names)
-    frozen.encoder.canonical(freeze)  # raises with the list of valid names
+        return list(encoder.layer_names)
+    if freeze not in encoder.layer_names and freeze not in encoder.aliases:
+        allowed = ["all", *encoder.layer_names, *encoder.aliases]
+        raise ConfigError(f"--freeze {freeze!r} is invalid for {encoder.arch}: allowed values are {', '.join(allowed)}")
     return [freeze]
 
 
@@ -129,31 +138,58 @@ def record_kind(args: argparse.Namespace) -> str:
     return "knn"
 
 
-def default_out(args: argparse.Namespace, frozen: FrozenEncoder) -> Path:
-    if args.out:
+def default_out(args: argparse.Namespace) -> Path:
+    """``--out``, else the record's place: next to the checkpoint, or under runs/ for ``random``."""
+    if args.out is not None:
         return Path(args.out)
     name = {"linear_probe": "probe", "lowshot_linear": "lowshot_linear", "knn": "knn", "svm_voc07": "svm",
             "lowshot_svm": "lowshot_svm"}[record_kind(args)]
-    if frozen.name == "random":
+    if args.checkpoint == "random":
         suffix = "" if args.input_like == "rotation" else f"-{args.input_like}-input"
         return Path("runs") / f"random-{args.arch}{suffix}" / f"{name}_{args.freeze}.json"
-    return Path(frozen.checkpoint).parent / f"{name}_{args.freeze}.json"
+    return Path(args.checkpoint).parent / f"{name}_{args.freeze}.json"
 
 
 def check_args(args: argparse.Namespace) -> None:
+    """ConfigError (one line) for an option value or combination that cannot work, before any work."""
+    for name in ("checkpoint", "data", "data_root", "save_features", "out"):
+        if getattr(args, name) == "":
+            raise ConfigError(f"--{name.replace('_', '-')} '' is invalid: give a path or name")
+    # 0 is a value like any other: refused where it cannot work, never read as "not given"
+    for name, least in (("epochs", 1), ("batch_size", 2), ("draws", 1), ("image_size", 1), ("workers", 0)):
+        value = getattr(args, name)
+        if value is not None and value < least:
+            why = " (the probe's BatchNorm needs two images)" if name == "batch_size" else ""
+            raise ConfigError(f"--{name.replace('_', '-')} {value} is invalid: must be at least {least}{why}")
+    for name in ("lr", "width", "knn_temperature"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} {value:g} is invalid: must be above 0")
+    if args.max_cache_gb < 0:
+        raise ConfigError(f"--max-cache-gb {args.max_cache_gb:g} is invalid: must be at least 0")
+    if args.eval_crop is not None and not 0 < args.eval_crop <= 1:
+        raise ConfigError(f"--eval-crop {args.eval_crop:g} is invalid: must be a fraction in (0, 1]")
     if args.method == "svm":
         if args.selection_split != "val":
-            raise ValueError("--selection-split does not apply to --method svm: its costs are chosen by 3-fold "
-                             "cross-validation on trainval, and test is used once")
+            raise ConfigError("--selection-split does not apply to --method svm: its costs are chosen by 3-fold "
+                              "cross-validation on trainval, and test is used once")
     else:
         check_selection(args.selection_split, args.force_test_selection)
-    if args.augment and (args.method != "linear" or args.shots or args.save_features):
-        raise ValueError("--augment recomputes features every epoch: it only applies to the plain linear probe "
-                         "(not with --method knn/svm, --shots or --save-features)")
+    if args.augment and (args.method != "linear" or args.shots or args.save_features is not None):
+        raise ConfigError("--augment recomputes features every epoch: it only applies to the plain linear probe "
+                          "(not with --method knn/svm, --shots or --save-features)")
     if args.shots and args.method == "knn":
-        raise ValueError("--shots applies to --method linear and svm, not knn")
-    if args.draws < 1:
-        raise ValueError(f"--draws {args.draws} is invalid: give 1 or more")
+        raise ConfigError("--shots applies to --method linear and svm, not knn")
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """OutputError (one line) when --out or --save-features cannot be written, before any work. The
+    default record place is checked once the checkpoint is known to exist: a mistyped checkpoint path
+    must not create folders."""
+    if args.out is not None:
+        check_output_file(args.out, "--out")
+    if args.save_features is not None:
+        check_output_dir(args.save_features, "--save-features")
 
 
 def probe_pools(frozen: FrozenEncoder, layers: list[str], preset: str):
@@ -170,25 +206,31 @@ def save_features(folder: str, split: str, features: FeatureSet, labels: np.ndar
     matrix of 1/0/-1) and ``{split}_indices.npy`` (row -> image index in the split)."""
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    for layer, rows in features.features.items():
-        np.save(out / f"{split}_{layer}.npy", rows.float().numpy())
-    np.save(out / f"{split}_labels.npy", features.labels.numpy() if labels is None else labels)
-    np.save(out / f"{split}_indices.npy", features.indices.numpy())
+    arrays = {f"{split}_{layer}": rows.float().numpy() for layer, rows in features.features.items()}
+    arrays[f"{split}_labels"] = features.labels.numpy() if labels is None else labels
+    arrays[f"{split}_indices"] = features.indices.numpy()
+    for name, array in arrays.items():
+        with atomic_file(out / f"{name}.npy") as handle:
+            np.save(handle, array)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     check_args(args)
+    check_outputs(args)
     device = pick_device(args.device)
     seed_everything(args.seed)
     frozen = load_frozen(args.checkpoint, arch=args.arch, width=args.width, image_size=args.image_size, seed=args.seed,
-                         input_task=args.input_like)
-    frozen.encoder.to(device).eval()
+                         input_task=args.input_like, trust=args.trust_checkpoint)
+    if args.out is None:
+        check_output_file(default_out(args), "the default --out")
     layers = probe_layers(frozen, args.freeze)
+    check_input_size(frozen.encoder, frozen.image_size, "--image-size")
+    frozen.encoder.to(device).eval()
     pools, dims, pooling = probe_pools(frozen, layers, args.pool)
     for pool in pools.values():
         pool.to(device)
-    eval_crop = args.eval_crop or (1.0 if frozen.image_size < 96 else 0.875)
+    eval_crop = (1.0 if frozen.image_size < 96 else 0.875) if args.eval_crop is None else args.eval_crop
     context = ProbeContext(args, frozen, device, pools, CenterCrop(frozen.image_size, eval_crop), BadFileLog())
     if args.method == "svm":
         record = run_svm(context)
@@ -199,10 +241,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         record["layers"][layer] = {"dims": entry.pop("dims"), "pooling": entry.pop("pooling"), **entry}
     record.update(image_size=frozen.image_size, eval_crop=eval_crop, pool_preset=args.pool,
                   bad_files_skipped=context.bad.count)
-    if args.save_features:
+    if args.save_features is not None:
         record["saved_features"] = str(Path(args.save_features))
     finish_record(record, started=started, device=device)
-    out = write_record(record, default_out(args, frozen))
+    out = write_record(record, default_out(args))
     print(format_table(record))
     selection = record["selection_split"] + (" (FORCED: test-selected)" if record["forced_test_selection"] else "")
     print(f"\nselection on {selection}, reported on {record['reported_split']}; {context.bad.count} unreadable files "
@@ -237,15 +279,19 @@ def run_classification(context: ProbeContext, dims: dict[str, int]) -> dict[str,
     """Linear probe, low-shot linear probe or kNN on a single-label dataset with train/val/test splits."""
     args, frozen, device = context.args, context.frozen, context.device
     trained_on = frozen.record.get("data", {})
-    data = args.data or trained_on.get("spec") or "demo"
-    data_root = args.data_root or (trained_on.get("root") if data == trained_on.get("spec") else None)
-    splits = open_splits(data, data_root, seed=args.seed)
+    data = args.data if args.data is not None else trained_on.get("spec") or "demo"
+    if args.data_root is not None:
+        data_root = args.data_root
+    else:
+        data_root = trained_on.get("root") if data == trained_on.get("spec") else None
+    splits = open_splits(data, data_root, seed=args.seed, layout=args.data_layout)
     if splits.train is None or splits.val is None or splits.test is None:
         raise DataError(f"probes need labelled train/val/test splits; {data} has none ({'; '.join(splits.notes)})")
     num_classes = len(splits.train.classes)
     protocol = PROTOCOLS[args.protocol]
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("batch_size", args.batch_size)) if v}
-    if args.epochs:
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("batch_size", args.batch_size))
+                 if v is not None}
+    if args.epochs is not None:
         scale = args.epochs / protocol.epochs
         overrides["milestones"] = tuple(max(1, round(m * scale)) for m in protocol.milestones)
     protocol = dataclasses.replace(protocol, **overrides)
@@ -255,9 +301,9 @@ def run_classification(context: ProbeContext, dims: dict[str, int]) -> dict[str,
     n_images = len(splits.train) + len(splits.val) + len(splits.test)
     cache_gb = n_images * sum(dims.values()) * 2 / 2**30  # bfloat16
     cached = not args.augment and cache_gb <= args.max_cache_gb
-    if not cached and (kind != "linear_probe" or args.save_features):
-        raise ValueError(f"{kind} needs the features in memory ({cache_gb:.1f} GiB): raise --max-cache-gb or probe "
-                         "fewer layers (--freeze LAYER)")
+    if not cached and (kind != "linear_probe" or args.save_features is not None):
+        raise ConfigError(f"{kind} needs the features in memory ({cache_gb:.1f} GiB): raise --max-cache-gb or probe "
+                          "fewer layers (--freeze LAYER)")
     print(f"ssl-probe: {kind} of {frozen.name} encoder {frozen.record['encoder']['arch']} at {frozen.image_size}px, "
           f"layers {', '.join(dims)}; data {splits.train.describe()}; features "
           f"{'cached in memory' if cached else 'streamed'} ({cache_gb:.2f} GiB if cached)", file=sys.stderr)
@@ -266,7 +312,7 @@ def run_classification(context: ProbeContext, dims: dict[str, int]) -> dict[str,
         return streamed_linear_probe(context, splits, dims, num_classes, protocol, split_info, data)
     sets = {name: context.features(source, name)
             for name, source in (("train", splits.train), ("val", splits.val), ("test", splits.test))}
-    if args.save_features:
+    if args.save_features is not None:
         for name, features in sets.items():
             save_features(args.save_features, name, features)
     select = sets[args.selection_split]
@@ -364,17 +410,17 @@ def run_svm(context: ProbeContext) -> dict[str, Any]:
     from selfsup.probes.svm import DEFAULT_COSTS, low_shot_indices, train_voc_svms
 
     args = context.args
-    data = args.data or "demo-voc"
+    data = "demo-voc" if args.data is None else args.data
     root = resolve_voc_root("demo" if data in ("demo", "demo-voc") else data, args.data_root)
     trainval, test = open_voc(root, "trainval"), open_voc(root, "test")
     classes = list(trainval.classes)
-    costs = args.svm_costs or list(DEFAULT_COSTS)
+    costs = list(DEFAULT_COSTS) if args.svm_costs is None else args.svm_costs
     print(f"ssl-probe: {record_kind(args)} of {context.frozen.name} on {root} ({len(trainval)} trainval / "
           f"{len(test)} test images, {len(classes)} classes), layers {', '.join(context.pools)}", file=sys.stderr)
     sets = {"trainval": context.features(trainval, "trainval"), "test": context.features(test, "test")}
     labels = {"trainval": trainval.image_labels()[sets["trainval"].indices.numpy()],
               "test": test.image_labels()[sets["test"].indices.numpy()]}
-    if args.save_features:
+    if args.save_features is not None:
         for name, features in sets.items():
             save_features(args.save_features, name, features, labels[name])
     kind = record_kind(args)

@@ -14,13 +14,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from selfsup.cli.common import command_line, user_errors_exit
+from selfsup.checkpoint import atomic_file
+from selfsup.cli.common import Parser, command_line, user_errors_exit
+from selfsup.errors import ConfigError
+from selfsup.outputs import check_output_file
 from selfsup.probes.records import load_records
 from selfsup.probes.report import build_report, draw_chart
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ssl-report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="ssl-report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", help="record files, or folders searched recursively for *.json records")
     parser.add_argument("--out", default=None, help="markdown file (default: print to stdout only)")
     parser.add_argument("--chart", default=None, help="PNG of per-layer accuracy per method (default: next to --out)")
@@ -33,22 +36,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def read_notes(path: str | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--notes {path} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+
+
 def run(args: argparse.Namespace) -> str:
-    records = load_records(args.paths)
-    notes = Path(args.notes).read_text() if args.notes else None
+    # outputs and inputs are checked before the records are read
+    out = check_output_file(args.out) if args.out else None
+    chart = args.chart or (str(out.with_suffix(".png")) if out else None)
+    if chart:
+        check_output_file(chart, "--chart")
+    notes = read_notes(args.notes)
+    records, skipped = load_records(args.paths)
     order = [m for m in args.order.split(",") if m]
     report = build_report(records, title=args.title, command=command_line(),
                           published=args.published, notes=notes, description=args.description, order=order)
     print(report)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(report)
+    if out:
+        with atomic_file(out, "w") as handle:
+            handle.write(report)
         print(f"report written to {out}", file=sys.stderr)
-    chart = args.chart or (str(Path(args.out).with_suffix(".png")) if args.out else None)
     if chart:
         written = draw_chart(records, chart, args.title, order)
         print(f"chart written to {written}" if written else "no per-layer records: no chart", file=sys.stderr)
+    if skipped:
+        print(f"{len(records)} records used, {len(skipped)} files skipped (named above)", file=sys.stderr)
     return report
 
 

@@ -12,6 +12,8 @@ import os
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from selfsup.errors import DataError
+
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 )
@@ -25,7 +27,7 @@ _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 
 
-class BadImageError(Exception):
+class BadImageError(DataError):
     """A file that cannot be decoded into an image (truncated, corrupt, empty, not an image...)."""
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:

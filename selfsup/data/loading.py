@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from selfsup.data.images import BadImageError
 from selfsup.data.sources import ImageSource
+from selfsup.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,9 @@ class TransformedDataset(Dataset):
                 continue
             gen = torch.Generator().manual_seed(seed)
             return self.transform(img, gen), self.source.label(current), bad, current
-        raise BadImageError(str(getattr(self.source, "describe", lambda: "data")()), "no readable image at all")
+        # Nothing in the source decodes: an empty item, which the main process reports as a DataError
+        # (an exception raised here would reach it rewrapped by the DataLoader, with a worker's traceback).
+        return None, -1, bad, index
 
 
 def collate(items: Sequence[tuple[torch.Tensor | None, int, list[str], int]]) -> Batch:
@@ -146,9 +149,9 @@ class EpochBatchSampler:
 
     def __init__(self, num_samples: int, global_batch: int, *, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
         if global_batch % world_size:
-            raise ValueError(f"train.batch_size = {global_batch} is invalid: must be divisible by the {world_size} processes")
+            raise ConfigError(f"train.batch_size = {global_batch} is invalid: must be divisible by the {world_size} processes")
         if num_samples < global_batch:
-            raise ValueError(
+            raise ConfigError(
                 f"train.batch_size = {global_batch} is invalid: the data has only {num_samples} images; use a smaller batch"
             )
         self.num_samples = num_samples

@@ -19,6 +19,7 @@ import math
 import os
 import socket
 import urllib.error
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +29,19 @@ import numpy as np
 from PIL import Image
 
 from selfsup.data.images import IMAGE_EXTENSIONS, load_rgb
+from selfsup.errors import ConfigError, DataError
 
 BUILTIN_DATA = ("demo", "cifar10", "cifar100", "stl10")
+
+# How a folder of images is read (`scan_folder`): "auto" refuses to guess when a folder holds both
+# top-level images and sub-folders with images.
+LAYOUTS = ("auto", "flat", "classes")
+
+# Reasons a file under a data folder is not used, as keys of `FolderSource.ignored`.
+IGNORED_NOT_IMAGE = "not an image"  # by extension (see IMAGE_EXTENSIONS)
+IGNORED_HIDDEN = "hidden file or folder"  # counted once per entry: hidden folders are not searched
+IGNORED_TOP_LEVEL = "top-level image beside class folders"  # layout "classes"
+IGNORED_IN_SUBFOLDER = "image in a sub-folder (flat layout)"  # layout "flat"
 
 # Folder names that count as a validation split, in order of preference.
 _VAL_DIR_NAMES = ("val", "valid", "validation")
@@ -41,13 +53,6 @@ _TORCHVISION_DIRS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-py
 # torchvision opens URLs without a timeout; on a network that silently drops packets the
 # download would otherwise hang forever instead of failing with a message.
 _DOWNLOAD_SOCKET_TIMEOUT_S = 30.0
-
-
-class DataError(Exception):
-    """A problem with the user's data that the CLI reports as one line, without a traceback."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message.replace("\r", " ").replace("\n", " "))
 
 
 @runtime_checkable
@@ -72,9 +77,21 @@ def _size_text(count: int, classes: Sequence[str]) -> str:
 
 
 class FolderSource:
-    """Image files on disk, decoded with `load_rgb`."""
+    """Image files on disk, decoded with `load_rgb`.
 
-    def __init__(self, paths: Sequence[str], labels: Sequence[int] | None, classes: list[str], name: str) -> None:
+    ``ignored`` counts the files of the folder that were left out, by reason (the ``IGNORED_*`` keys);
+    ``ignored_extensions`` lists the extensions of those left out as not images.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        labels: Sequence[int] | None,
+        classes: list[str],
+        name: str,
+        ignored: dict[str, int] | None = None,
+        ignored_extensions: Sequence[str] = (),
+    ) -> None:
         if labels is not None and len(labels) != len(paths):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
         # Numpy arrays rather than Python lists: DataLoader workers fork from this process, and
@@ -84,6 +101,8 @@ class FolderSource:
         self._labels = None if labels is None else np.asarray(labels, dtype=np.int64)
         self.classes = list(classes)
         self.name = name
+        self.ignored = dict(ignored or {})
+        self.ignored_extensions = sorted(ignored_extensions)
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -169,12 +188,37 @@ def _is_image_name(name: str) -> bool:
     return _visible(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def _images_below(folder: str) -> list[str]:
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
+
+
+@dataclass
+class _Skipped:
+    """What a folder scan left out: counts by reason and the extensions of the non-images."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    extensions: set[str] = field(default_factory=set)
+
+    def not_image(self, name: str) -> None:
+        self.counts[IGNORED_NOT_IMAGE] += 1
+        self.extensions.add(os.path.splitext(name)[1].lower() or "no extension")
+
+
+def _images_below(folder: str, skipped: _Skipped) -> list[str]:
     found = []
     # followlinks: data set trees are often assembled from symlinked folders.
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        # A hidden folder counts as one entry and is not searched: walking a .git tree only to
+        # count its files would be slow and tell the user nothing.
+        for name in dirnames + filenames:
+            if not _visible(name):
+                skipped.counts[IGNORED_HIDDEN] += 1
         dirnames[:] = [name for name in dirnames if _visible(name)]
-        found.extend(os.path.join(dirpath, name) for name in filenames if _is_image_name(name))
+        for name in filenames:
+            if _is_image_name(name):
+                found.append(os.path.join(dirpath, name))
+            elif _visible(name):
+                skipped.not_image(name)
     return sorted(found)
 
 
@@ -183,20 +227,29 @@ def _no_images_error(root: str | os.PathLike) -> DataError:
     return DataError(f"no images found under {os.fspath(root)} (looked for {looked_for})")
 
 
-def scan_folder(root: str | os.PathLike, *, classes: list[str] | None = None) -> FolderSource:
-    """Index the images of a folder.
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ConfigError(f"data.layout = {layout!r} is invalid: allowed values are {', '.join(LAYOUTS)}")
 
-    If any (non-hidden) sub-folder of ``root`` holds images, the folder is an ImageFolder layout:
-    each such first-level sub-folder is a class (named by the folder, indexed in sorted order)
-    and its images are found recursively; files directly in ``root`` are then ignored (READMEs,
-    stray files). Otherwise it is a flat folder of unlabelled images directly in ``root`` (there
-    is nothing deeper to recurse into: a sub-folder with images would have made it an
-    ImageFolder). Hidden files and folders are skipped, and so are files whose extension is not
-    in `IMAGE_EXTENSIONS`. Order is deterministic: by class, then by path.
+
+def scan_folder(root: str | os.PathLike, *, classes: list[str] | None = None, layout: str = "auto") -> FolderSource:
+    """Index the images of a folder, read as ``layout``:
+
+    * ``"flat"``: the unlabelled images directly in ``root``; sub-folders are ignored.
+    * ``"classes"`` (ImageFolder): each first-level sub-folder holding images is a class (named by
+      the folder, indexed in sorted order) whose images are found recursively; files directly in
+      ``root`` are ignored.
+    * ``"auto"``: ``"classes"`` if some sub-folder holds images, else ``"flat"``; a folder with both
+      top-level images and sub-folders with images is ambiguous, hence a DataError.
+
+    Hidden files and folders are skipped, and so are files whose extension is not in
+    `IMAGE_EXTENSIONS`; every file left out is counted in ``FolderSource.ignored``. Order is
+    deterministic: by class, then by path.
 
     ``classes`` fixes the class list and indices (so a val folder uses the train folder's
     indices even when it lacks some classes); a class folder not in it is an error.
     """
+    _check_layout(layout)
     root_text = os.fspath(root)
     if not os.path.exists(root_text):
         raise DataError(f"data path not found: {root_text}")
@@ -204,29 +257,66 @@ def scan_folder(root: str | os.PathLike, *, classes: list[str] | None = None) ->
         raise DataError(f"data path is not a folder: {root_text}")
     folder = os.path.abspath(root_text)
     with os.scandir(folder) as scan:
-        entries = sorted((entry for entry in scan if _visible(entry.name)), key=lambda entry: entry.name)
+        entries = sorted(scan, key=lambda entry: entry.name)
 
-    images_by_class = {entry.name: _images_below(entry.path) for entry in entries if entry.is_dir()}
-    images_by_class = {name: paths for name, paths in images_by_class.items() if paths}
-    if images_by_class:
-        if classes is None:
-            classes = sorted(images_by_class)
-        unknown = sorted(set(images_by_class) - set(classes))
-        if unknown:
-            shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+    skipped = _Skipped()
+    top_level: list[str] = []
+    images_by_class: dict[str, list[str]] = {}
+    for entry in entries:
+        if not _visible(entry.name):
+            skipped.counts[IGNORED_HIDDEN] += 1
+        elif entry.is_dir():
+            # Walked in every layout: "auto" needs to know which sub-folders hold images, "flat" counts them.
+            paths = _images_below(entry.path, skipped)
+            if paths:
+                images_by_class[entry.name] = paths
+        elif entry.is_file() and _is_image_name(entry.name):
+            top_level.append(entry.path)
+        else:
+            skipped.not_image(entry.name)
+    below = sum(len(paths) for paths in images_by_class.values())
+    below_text = f"{_count(len(images_by_class), 'sub-folder')} with images ({_count(below, 'image')})"
+
+    if layout == "auto" and top_level and images_by_class:
+        raise DataError(
+            f"{folder} holds {_count(len(top_level), 'image')} at top level and {below_text}, so its layout is "
+            "ambiguous: pass --data-layout flat (the top-level images only, unlabelled; sub-folders ignored and "
+            "counted) or --data-layout classes (one class per sub-folder; top-level images ignored and counted)"
+        )
+    if layout == "flat" or (layout == "auto" and not images_by_class):
+        if not top_level and images_by_class:
             raise DataError(
-                f"{folder} has class folders that the training classes lack ({shown}); "
-                "every split must use class names from the train split"
+                f"no images at the top level of {folder}, the only ones --data-layout flat reads; it has "
+                f"{below_text}: use --data-layout classes"
             )
-        class_index = {name: index for index, name in enumerate(classes)}
-        paths = [path for name in sorted(images_by_class) for path in images_by_class[name]]
-        labels = [class_index[name] for name in sorted(images_by_class) for _ in images_by_class[name]]
-        return FolderSource(paths, labels, classes, folder)
+        if not top_level:
+            raise _no_images_error(root_text)
+        if below:
+            skipped.counts[IGNORED_IN_SUBFOLDER] += below
+        return FolderSource(sorted(top_level), None, [], folder, skipped.counts, skipped.extensions)
 
-    flat = [entry.path for entry in entries if entry.is_file() and _is_image_name(entry.name)]
-    if not flat:
-        raise _no_images_error(root_text)
-    return FolderSource(sorted(flat), None, [], folder)
+    if not images_by_class:
+        if not top_level:
+            raise _no_images_error(root_text)
+        raise DataError(
+            f"{folder} has no sub-folders with images, which --data-layout classes needs (one sub-folder per "
+            f"class); it holds {_count(len(top_level), 'image')} at top level: use --data-layout flat"
+        )
+    if top_level:
+        skipped.counts[IGNORED_TOP_LEVEL] += len(top_level)
+    if classes is None:
+        classes = sorted(images_by_class)
+    unknown = sorted(set(images_by_class) - set(classes))
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise DataError(
+            f"{folder} has class folders that the training classes lack ({shown}); "
+            "every split must use class names from the train split"
+        )
+    class_index = {name: index for index, name in enumerate(classes)}
+    paths = [path for name in sorted(images_by_class) for path in images_by_class[name]]
+    labels = [class_index[name] for name in sorted(images_by_class) for _ in images_by_class[name]]
+    return FolderSource(paths, labels, classes, folder, skipped.counts, skipped.extensions)
 
 
 @dataclass
@@ -236,6 +326,42 @@ class Splits:
     val: ImageSource | None
     test: ImageSource | None
     notes: list[str] = field(default_factory=list)  # how each split was obtained, for logs
+
+    @property
+    def ignored_files(self) -> dict[str, int]:
+        """Files left out of the folders these splits read, by reason, summed over the folders
+        ({} for torchvision data sets)."""
+        total: Counter[str] = Counter()
+        for folder in _folders(self):
+            total.update(folder.ignored)
+        return dict(total)
+
+
+def _folders(splits: Splits) -> list[FolderSource]:
+    """The distinct folders behind the splits (carved parts resolved to the folder they came from)."""
+    found: list[FolderSource] = []
+    for source in (splits.pretrain, splits.train, splits.val, splits.test):
+        while isinstance(source, IndexedSource):
+            source = source.base
+        if isinstance(source, FolderSource) and not any(source is seen for seen in found):
+            found.append(source)
+    return found
+
+
+def _note_ignored(splits: Splits) -> Splits:
+    """Add a note summing up the files the folders' scans left out, if any."""
+    ignored = Counter(splits.ignored_files)
+    if not ignored:
+        return splits
+    parts = []
+    for reason, number in ignored.most_common():
+        text = f"{number:,} {reason}"
+        if reason == IGNORED_NOT_IMAGE:
+            extensions = sorted({extension for folder in _folders(splits) for extension in folder.ignored_extensions})
+            text += f" ({', '.join(extensions[:5])}{', ...' if len(extensions) > 5 else ''})"
+        parts.append(text)
+    splits.notes.append(f"ignored {_count(sum(ignored.values()), 'file')}: {', '.join(parts)}")
+    return splits
 
 
 def _percent(fraction: float) -> str:
@@ -345,6 +471,7 @@ def open_splits(
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     seed: int = 0,
+    layout: str = "auto",
 ) -> Splits:
     """Open ``data`` (a built-in name or a folder) as pretrain/train/val/test sources.
 
@@ -359,8 +486,14 @@ def open_splits(
     of its train split (pretraining still reads the full train split), STL-10 pretrains on
     train + unlabeled. ``test_fraction`` only matters where no test split exists.
 
-    Raises DataError (one line) for missing, empty or inconsistent data and failed downloads.
+    ``layout`` is how each folder of images is read (the data folder, or each of its split folders):
+    see `scan_folder`. Built-in data sets have their own layout and ignore it. Files the folders'
+    scans left out are counted in `Splits.ignored_files` and summed up in a note.
+
+    Raises DataError (one line) for missing, empty, ambiguous or inconsistent data and failed
+    downloads; ConfigError for an unknown ``layout``.
     """
+    _check_layout(layout)
     _check_fractions(val_fraction, test_fraction)
     if data == "demo":
         # Imported here: the demo module generates its images on first use, which only the
@@ -369,9 +502,9 @@ def open_splits(
 
         cache_dir = None if data_root is None else Path(os.path.expanduser(data_root))
         demo_root = Path(ensure_demo(cache_dir=cache_dir))
-        splits = _folder_splits(str(demo_root / "classification"), val_fraction, test_fraction, seed)
+        splits = _folder_splits(str(demo_root / "classification"), val_fraction, test_fraction, seed, "auto")
         splits.notes.insert(0, f"demo data set at {demo_root}")
-        return splits
+        return _note_ignored(splits)
     if data in _TORCHVISION_DIRS:
         root = os.path.expanduser(data_root) if data_root else default_data_root()
         if data == "stl10":
@@ -380,21 +513,21 @@ def open_splits(
     path = os.path.expanduser(data)
     if not os.path.exists(path):
         raise DataError(f"data path not found: {data} (give a folder, or one of: {', '.join(BUILTIN_DATA)})")
-    return _folder_splits(path, val_fraction, test_fraction, seed)
+    return _note_ignored(_folder_splits(path, val_fraction, test_fraction, seed, layout))
 
 
-def _folder_splits(root: str, val_fraction: float, test_fraction: float, seed: int) -> Splits:
+def _folder_splits(root: str, val_fraction: float, test_fraction: float, seed: int, layout: str) -> Splits:
     train_dir = os.path.join(root, "train")
     if not os.path.isdir(train_dir):
-        return _single_folder_splits(scan_folder(root), val_fraction, test_fraction, seed)
+        return _single_folder_splits(scan_folder(root, layout=layout), val_fraction, test_fraction, seed)
 
-    train_full = scan_folder(train_dir)
+    train_full = scan_folder(train_dir, layout=layout)
     val_dir = _first_subfolder(root, _VAL_DIR_NAMES)
     test_dir = _first_subfolder(root, ("test",))
     if not train_full.classes or (val_dir is None and test_dir is None):
         return _single_folder_splits(train_full, val_fraction, test_fraction, seed)
-    val_folder = _labelled_split_folder(val_dir, train_full) if val_dir else None
-    test_folder = _labelled_split_folder(test_dir, train_full) if test_dir else None
+    val_folder = _labelled_split_folder(val_dir, train_full, layout) if val_dir else None
+    test_folder = _labelled_split_folder(test_dir, train_full, layout) if test_dir else None
     base_text = f"folder {train_full.name}"
     notes = [f"pretrain = all of {base_text} ({len(train_full):,} images)"]
 
@@ -447,8 +580,8 @@ def _single_folder_splits(full: FolderSource, val_fraction: float, test_fraction
     return Splits(pretrain=pretrain, train=train, val=carved["val"], test=test, notes=[pretrain_note, *carving_notes])
 
 
-def _labelled_split_folder(folder: str, train: FolderSource) -> FolderSource:
-    source = scan_folder(folder, classes=train.classes)
+def _labelled_split_folder(folder: str, train: FolderSource, layout: str) -> FolderSource:
+    source = scan_folder(folder, classes=train.classes, layout=layout)
     if not source.classes:
         raise DataError(
             f"{folder} holds no class sub-folders but {train.name} does; split folders must share the same layout"

@@ -5,12 +5,16 @@ A VOC folder holds ``JPEGImages/<id>.jpg``, ``Annotations/<id>.xml`` and
 an `ImageSource` whose images carry several objects each, hence several labels: `image_labels`
 gives the VOC classification targets (1 / 0 = difficult only / -1 absent), `objects` the boxes.
 
-Every problem with the files (missing folder or split, malformed XML, unknown class) raises
-`DataError` naming the file; unreadable images raise `BadImageError` when loaded, as elsewhere.
+Every problem with the files (missing folder or split, malformed XML, unknown class, an inverted
+box or one outside its image) raises `DataError` naming the file, when the split is opened; a box
+that extends past its image (per the file's <size>) is clipped to it and counted in
+`VocSplit.clipped_boxes`. Unreadable images raise `BadImageError` when loaded, as elsewhere.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -20,7 +24,9 @@ import numpy as np
 from PIL import Image
 
 from selfsup.data.images import IMAGE_EXTENSIONS, load_rgb
-from selfsup.data.sources import DataError
+from selfsup.errors import DataError
+
+log = logging.getLogger(__name__)
 
 VOC_SUBFOLDERS = ("JPEGImages", "Annotations", os.path.join("ImageSets", "Main"))
 
@@ -41,6 +47,7 @@ class _RawObject:
     box: tuple[float, float, float, float]
     difficult: bool
     truncated: bool
+    clipped: bool  # the file's box extended past the image and was clipped to it
 
 
 def _missing_subfolders(folder: Path) -> list[str]:
@@ -126,9 +133,50 @@ def _flag(element: ET.Element, tag: str, path: Path) -> bool:
 def _coordinate(box: ET.Element, tag: str, path: Path) -> float:
     text = _text(box, tag, path)
     try:
-        return float(text)  # real-world files sometimes hold fractional coordinates
+        value = float(text)  # real-world files sometimes hold fractional coordinates
     except ValueError:
-        raise DataError(f"malformed VOC annotation {path}: <{tag}> is {text!r}, not a number") from None
+        value = math.nan
+    # float() also takes "nan" and "inf", which would slip past every bound check below.
+    if not math.isfinite(value):
+        raise DataError(f"malformed VOC annotation {path}: <{tag}> is {text!r}, not a number")
+    return value
+
+
+def _image_size(annotation: ET.Element, path: Path) -> tuple[float, float] | None:
+    """<size> width and height, or None when absent or zero (exporters write 0 for an unknown size)."""
+    values = []
+    for tag in ("width", "height"):
+        text = (annotation.findtext(f"size/{tag}") or "").strip()
+        if not text:
+            return None
+        try:
+            values.append(float(text))
+        except ValueError:
+            raise DataError(f"malformed VOC annotation {path}: <size><{tag}> is {text!r}, not a number") from None
+    width, height = values
+    return (width, height) if width > 0 and height > 0 else None
+
+
+def _checked_box(
+    box: tuple[float, float, float, float], size: tuple[float, float] | None, where: str
+) -> tuple[tuple[float, float, float, float], bool]:
+    """``box`` (VOC's 1-based inclusive pixel indices) clipped to the pixels [1, width] x [1, height]
+    of the image, and whether clipping changed it; inverted boxes and boxes without a pixel inside
+    the image are DataErrors. Without a known size only the lower bound 1 applies."""
+    xmin, ymin, xmax, ymax = box
+    for axis, low, high in (("x", xmin, xmax), ("y", ymin, ymax)):
+        if low > high:
+            raise DataError(f"{where} has an inverted box: {axis}min {low:g} > {axis}max {high:g}")
+    width, height = size if size is not None else (float("inf"), float("inf"))
+    # Inclusive indices: a box with xmin <= xmax covers at least one pixel column, so after these
+    # checks clipping cannot leave it empty.
+    if xmax < 1 or ymax < 1 or xmin > width or ymin > height:
+        bounds = f"the {width:g}x{height:g} image" if size is not None else "the image"
+        raise DataError(
+            f"{where} has an empty box: ({xmin:g}, {ymin:g}, {xmax:g}, {ymax:g}) lies entirely outside {bounds}"
+        )
+    clipped = (max(xmin, 1.0), max(ymin, 1.0), min(xmax, width), min(ymax, height))
+    return clipped, clipped != box
 
 
 def _parse_annotation(path: Path) -> list[_RawObject]:
@@ -138,18 +186,24 @@ def _parse_annotation(path: Path) -> list[_RawObject]:
         raise DataError(f"VOC annotation not found: {path}") from None
     except (ET.ParseError, OSError) as exc:
         raise DataError(f"malformed VOC annotation {path}: {exc}") from None
+    size = _image_size(tree.getroot(), path)
+    elements = list(tree.getroot().iter("object"))
     objects = []
-    for element in tree.getroot().iter("object"):
+    for number, element in enumerate(elements, start=1):
+        name = _text(element, "name", path)
         box = element.find("bndbox")
         if box is None:
             raise DataError(f"malformed VOC annotation {path}: an object lacks <bndbox>")
         xmin, ymin, xmax, ymax = (_coordinate(box, tag, path) for tag in ("xmin", "ymin", "xmax", "ymax"))
+        where = f"VOC annotation {path}: object {number} of {len(elements)} ({name!r})"
+        (xmin, ymin, xmax, ymax), clipped = _checked_box((xmin, ymin, xmax, ymax), size, where)
         objects.append(
             _RawObject(
-                name=_text(element, "name", path),
+                name=name,
                 box=(xmin - 1.0, ymin - 1.0, xmax, ymax),
                 difficult=_flag(element, "difficult", path),
                 truncated=_flag(element, "truncated", path),
+                clipped=clipped,
             )
         )
     return objects
@@ -172,16 +226,26 @@ def voc_classes(root: str | os.PathLike) -> list[str]:
 
 
 class VocSplit:
-    """One split of a VOC folder; annotations are parsed once, when it is opened."""
+    """One split of a VOC folder; annotations are parsed once, when it is opened.
+
+    ``clipped_boxes`` counts the boxes that extended past their image and were clipped to it.
+    """
 
     def __init__(
-        self, root: Path, split: str, ids: list[str], classes: list[str], objects: list[list[VocObject]]
+        self,
+        root: Path,
+        split: str,
+        ids: list[str],
+        classes: list[str],
+        objects: list[list[VocObject]],
+        clipped_boxes: int = 0,
     ) -> None:
         self.root = root
         self.split = split
         self.ids = ids
         self.classes = classes
         self._objects = objects
+        self.clipped_boxes = clipped_boxes
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -223,7 +287,9 @@ class VocSplit:
     def describe(self) -> str:
         count = len(self.classes)
         classes = f"{count} class{'es' if count != 1 else ''}"
-        return f"VOC {self.split} of {self.root} ({len(self):,} images, {classes}, multi-label)"
+        # Named here because descriptions go into run records, which should show that boxes were changed.
+        clipped = f", {self.clipped_boxes:,} boxes clipped to their image" if self.clipped_boxes else ""
+        return f"VOC {self.split} of {self.root} ({len(self):,} images, {classes}, multi-label{clipped})"
 
 
 def open_voc(root: str | os.PathLike, split: str, classes: list[str] | None = None) -> VocSplit:
@@ -234,10 +300,14 @@ def open_voc(root: str | os.PathLike, split: str, classes: list[str] | None = No
     classes = list(classes) if classes is not None else voc_classes(root)
     index = {name: position for position, name in enumerate(classes)}
     objects = []
+    clipped_boxes, first_clipped = 0, None
     for image_id in ids:
         path = root / "Annotations" / f"{image_id}.xml"
         parsed = []
         for raw in _parse_annotation(path):
+            if raw.clipped:
+                clipped_boxes += 1
+                first_clipped = first_clipped or path
             if raw.name not in index:
                 known = ", ".join(classes[:10]) + (", ..." if len(classes) > 10 else "")
                 raise DataError(
@@ -245,4 +315,9 @@ def open_voc(root: str | os.PathLike, split: str, classes: list[str] | None = No
                 )
             parsed.append(VocObject(index[raw.name], raw.box, raw.difficult, raw.truncated))
         objects.append(parsed)
-    return VocSplit(root, split, ids, classes, objects)
+    if clipped_boxes:
+        log.warning(
+            "VOC %s split of %s: clipped %d box(es) extending past their image to the image (first in %s)",
+            split, root, clipped_boxes, first_clipped,
+        )
+    return VocSplit(root, split, ids, classes, objects, clipped_boxes)

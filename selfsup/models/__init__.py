@@ -8,6 +8,8 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
+from selfsup.errors import ConfigError
+
 from .alexnet import alexnet, alexnet_deepcluster, alexnet_jigsaw, alexnet_small
 from .base import Encoder
 from .resnet import resnet18, resnet18_small, resnet50, resnet50_small
@@ -27,25 +29,26 @@ ARCHS: dict[str, Callable[..., Encoder]] = {
 
 
 def build_encoder(arch: str, *, in_channels: int = 3, width: float | None = None, pretrained: bool = False) -> Encoder:
-    """Build the encoder named ``arch``.
+    """Build the encoder named ``arch``; an unknown ``arch`` or an option it does not take is a ConfigError.
 
     ``width=None`` keeps the architecture's default width. ``width`` is accepted by the
     AlexNets and the ``*_small`` ResNets; ``pretrained`` only by ``resnet18``/``resnet50``
     (it downloads torchvision's ImageNet weights).
     """
     if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; available: {', '.join(ARCHS)}")
+        raise ConfigError(f"unknown arch {arch!r}; available: {', '.join(ARCHS)}")
     constructor = ARCHS[arch]
     params = inspect.signature(constructor).parameters
     kwargs: dict[str, object] = {"in_channels": in_channels}
     if width is not None:
         if "width" not in params:
             with_width = [a for a, fn in ARCHS.items() if "width" in inspect.signature(fn).parameters]
-            raise ValueError(f"arch {arch!r} has a fixed width; width is supported by: {', '.join(with_width)}")
+            raise ConfigError(f"width {width} (--width, model.width) is invalid for arch {arch!r}, whose width is "
+                              f"fixed; a width is taken by: {', '.join(with_width)}")
         kwargs["width"] = width
     if pretrained:
         if "pretrained" not in params:
             with_weights = [a for a, fn in ARCHS.items() if "pretrained" in inspect.signature(fn).parameters]
-            raise ValueError(f"no pretrained weights for arch {arch!r}; available for: {', '.join(with_weights)}")
+            raise ConfigError(f"no pretrained weights for arch {arch!r}; available for: {', '.join(with_weights)}")
         kwargs["pretrained"] = True
     return constructor(**kwargs)

@@ -7,13 +7,17 @@ that ``state_dict`` keys read like ``conv1.0.weight`` or ``res2.0.conv1.weight``
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["Encoder", "freeze_layers"]
+from selfsup.errors import CheckpointError, ConfigError
+
+__all__ = ["Encoder", "check_input_size", "freeze_layers", "load_weights"]
 
 
 class Encoder(nn.Module):
@@ -139,5 +143,62 @@ def freeze_layers(encoder: Encoder, freeze: str) -> None:
         encoder.canonical(freeze)
     except ValueError:
         allowed = ["none", *encoder.layer_names, *encoder.aliases]
-        raise ValueError(f"--freeze {freeze!r} is invalid for {encoder.arch}: allowed values are {', '.join(allowed)}") from None
+        raise ConfigError(f"--freeze {freeze!r} is invalid for {encoder.arch}: allowed values are "
+                          f"{', '.join(allowed)}") from None
     encoder.freeze_through(freeze)
+
+
+# What torch says when a conv or pool window is larger than its (padded) input.
+_TOO_SMALL = ("Output size is too small", "Kernel size can't be greater than actual input size")
+
+
+def check_input_size(encoder: Encoder, image_size: int, option: str) -> None:
+    """ConfigError naming ``option`` when a square ``image_size`` input shrinks to nothing before the
+    encoder's last layer (torch reports that as a RuntimeError deep in the forward pass)."""
+    try:
+        encoder.feature_shapes(image_size)
+    except RuntimeError as exc:
+        if not any(text in str(exc) for text in _TOO_SMALL):
+            raise
+        raise ConfigError(f"{option} {image_size} is too small for {encoder.arch}: its layers shrink the input to "
+                          "nothing; give a larger size") from None
+
+
+# How torch's load_state_dict reports a tensor of the wrong shape, and what such a file is.
+_SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([\d, ]*)\]\) from "
+                            r"checkpoint, the shape in current model is torch\.Size\(\[([\d, ]*)\]\)")
+_DAMAGED = "the file is damaged or of another architecture"
+
+
+def _shape(text: str) -> str:
+    return "x".join(part.strip() for part in text.split(",") if part.strip()) or "a scalar"
+
+
+def load_weights(module: nn.Module, weights: Any, source: str, key_prefix: str = "") -> None:
+    """Loads ``weights`` into ``module`` strictly. A file of another architecture, or a damaged one, is a
+    CheckpointError (one line) naming ``source`` (e.g. ``checkpoint PATH``) and the first entry that is
+    missing, unexpected or of the wrong shape, as the file spells it (``key_prefix`` + the module's key)."""
+    if not isinstance(weights, Mapping):
+        raise CheckpointError(f"{source} holds a {type(weights).__name__} where the weights should be, not a "
+                              "state dict")
+    try:
+        # strict=False returns the missing and unexpected keys instead of one long message; a wrong
+        # shape or a value that is no tensor still raises
+        result = module.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:
+        found = _SIZE_MISMATCH.search(str(exc))
+        if found:
+            key, theirs, ours = found.groups()
+            detail = f"{key_prefix}{key} is {_shape(theirs)} in the file but {_shape(ours)} in the model"
+        else:
+            detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        raise CheckpointError(f"{source} does not fit the model it describes: {detail}; {_DAMAGED}") from None
+    missing, unexpected = result.missing_keys, result.unexpected_keys
+    if missing:
+        more = f" (nor {len(missing) - 1} other entries)" if len(missing) > 1 else ""
+        raise CheckpointError(f"{source} does not fit the model it describes: it has no {key_prefix}{missing[0]}"
+                              f"{more}; {_DAMAGED}")
+    if unexpected:
+        more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
+        raise CheckpointError(f"{source} does not fit the model it describes: it has an unexpected entry "
+                              f"{key_prefix}{unexpected[0]}{more}; {_DAMAGED}")

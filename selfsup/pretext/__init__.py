@@ -6,6 +6,7 @@ from typing import Any
 
 from selfsup.config import from_dict
 from selfsup.models import Encoder
+from selfsup.errors import DataError
 from selfsup.pretext.base import PretextTask
 from selfsup.pretext.colorization import ColorizationTask
 from selfsup.pretext.context import ContextTask
@@ -31,7 +32,7 @@ def build_task(name: str, encoder: Encoder, options: dict[str, Any], *, num_clas
     cfg = from_dict(task_cls.Config, options, prefix="pretext.")
     if getattr(task_cls, "needs_labels", False):
         if not num_classes:
-            raise ValueError(f"task {name} needs labelled data (class sub-folders, or a labelled dataset)")
+            raise DataError(f"task {name} needs labelled data (class sub-folders, or a labelled dataset)")
         return task_cls(encoder, cfg, num_classes)
     return task_cls(encoder, cfg)
 

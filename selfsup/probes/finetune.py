@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from selfsup.data.loading import Batch
 from selfsup.engine import autocast_context
+from selfsup.errors import ConfigError, DataError
 from selfsup.models import Encoder
 from selfsup.probes.linear import topk_correct
 from selfsup.probes.metrics import mean_average_precision
@@ -65,7 +66,7 @@ def build_classifier(encoder: Encoder, image_size: int, num_classes: int,
         head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
         return head, f"global average pool of {last} ({channels}-d) -> fc {num_classes}"
     grid = fc_grid(min(height, width))
-    width_fc = hidden or default_hidden(image_size)
+    width_fc = default_hidden(image_size) if hidden is None else hidden
     dims = channels * grid * grid
     head = nn.Sequential(
         nn.AdaptiveMaxPool2d(grid),
@@ -212,8 +213,9 @@ def train_epoch(model: FinetuneNet, loader: DataLoader, optimizer: torch.optim.O
             logits = model(images)
         loss = objective.loss(logits, targets)
         if not torch.isfinite(loss):
-            raise ValueError(f"--lr {optimizer.param_groups[0]['initial_lr']:g} made the loss {float(loss)} "
-                             f"({desc}, step {bar.n + 1}); use a smaller --lr")
+            bar.close()  # the error must be the last line, not the progress bar's
+            raise ConfigError(f"--lr {optimizer.param_groups[0]['initial_lr']:g} made the loss "
+                              f"{float(loss.detach())} ({desc}, step {bar.n + 1}); use a smaller --lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -242,7 +244,7 @@ def predict(model: FinetuneNet, loader: DataLoader, objective: Objective, split:
             logits.append(model(_images(batch, device)).float().cpu())
         targets.append(objective.targets(batch, split))
     if not logits:
-        raise ValueError(f"no readable image in the {split} split")
+        raise DataError(f"no readable image in the {split} split")
     return torch.cat(logits), torch.cat(targets)
 
 

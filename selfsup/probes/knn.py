@@ -32,6 +32,7 @@ from torch import Tensor
 
 from selfsup.data.loading import eval_loader
 from selfsup.data.sources import ImageSource, IndexedSource
+from selfsup.errors import ConfigError, DataError
 from selfsup.models import Encoder
 from selfsup.pretext.clustering import faiss_available
 
@@ -46,22 +47,22 @@ _CHUNK_ELEMENTS = 1 << 24
 
 def _resolve_backend(backend: str) -> str:
     if backend not in BACKENDS:
-        raise ValueError(f"backend = {backend!r} is invalid: allowed values are {', '.join(BACKENDS)}")
+        raise ConfigError(f"backend = {backend!r} is invalid: allowed values are {', '.join(BACKENDS)}")
     if backend == "auto":
         return "faiss" if faiss_available() else "torch"
     if backend == "faiss" and not faiss_available():
-        raise ValueError("backend = 'faiss' is invalid: faiss is not installed (pip install faiss-cpu), use 'torch'")
+        raise ConfigError("backend = 'faiss' is invalid: faiss is not installed (pip install faiss-cpu), use 'torch'")
     return backend
 
 
 def _check_k(k: int) -> None:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k = {k!r} is invalid: must be an integer >= 1")
+        raise ConfigError(f"k = {k!r} is invalid: must be an integer >= 1")
 
 
 def _check_temperature(temperature: float) -> None:
     if not temperature > 0 or not math.isfinite(temperature):
-        raise ValueError(f"temperature = {temperature!r} is invalid: must be a finite number > 0")
+        raise ConfigError(f"temperature = {temperature!r} is invalid: must be a finite number > 0")
 
 
 def _check_inputs(train_features: Tensor, train_labels: Tensor, query_features: Tensor, num_classes: int) -> None:
@@ -201,7 +202,7 @@ def select_k(
     """The k of ``ks`` with the best val top-1, and the val top-1 of every k (ties go to the first k
     listed). One search for the largest k serves every k: the nearest k are a prefix of it."""
     if not ks:
-        raise ValueError("ks = [] is invalid: give at least one k")
+        raise ConfigError("ks = [] is invalid: give at least one k")
     for k in ks:
         _check_k(k)
     _check_temperature(temperature)
@@ -270,7 +271,7 @@ class KnnMonitor:
             features.append(maps.float().flatten(2).mean(dim=2) if maps.dim() > 2 else maps.float())
             labels.append(batch.labels.to(device))
         if not features:
-            raise ValueError(f"the kNN monitor found no readable image in {source.describe()}")
+            raise DataError(f"the kNN monitor found no readable image in {source.describe()}")
         return torch.cat(features), torch.cat(labels)
 
     def evaluate(

@@ -11,6 +11,8 @@ import math
 
 from torch import nn
 
+from selfsup.errors import ConfigError
+
 TARGET_DIM = 9216
 ALEXNET_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 ROTNET_GRID = {"conv1": 12, "conv2": 7, "conv3": 5, "conv4": 6, "conv5": 6}
@@ -29,23 +31,26 @@ def _out_side(size: int, kernel: int, stride: int, padding: int) -> int:
 
 
 def build_pool(preset: str, layer: str, shape: tuple[int, int, int]) -> tuple[nn.Module, int, str]:
-    """Returns (pooling module ending in Flatten, output dimension, human description)."""
+    """Returns (pooling module ending in Flatten, output dimension, human description); ConfigError
+    (``--pool``) when ``preset`` is unknown or does not fit the layer."""
     channels, height, width = shape
     if preset in ("rotnet", "deepcluster") and layer not in ALEXNET_LAYERS:
-        raise ValueError(f"pooling preset {preset} is defined for AlexNet layers conv1..conv5, not {layer}; use --pool auto")
+        raise ConfigError(f"--pool {preset} is invalid for layer {layer}: it is defined for AlexNet layers conv1..conv5; "
+                          "use --pool auto")
     if preset == "rotnet":
         side = ROTNET_GRID[layer]
         return nn.Sequential(nn.AdaptiveMaxPool2d(side), nn.Flatten()), channels * side * side, f"adaptive max {side}x{side}"
     if preset == "deepcluster":
         kernel, stride, padding = DEEPCLUSTER_AVGPOOL[layer]
         if min(height, width) + 2 * padding < kernel:
-            raise ValueError(
-                f"pooling preset deepcluster needs the 224 px AlexNet maps; {layer} is {height}x{width}; use --pool auto"
+            raise ConfigError(
+                f"--pool deepcluster is invalid here: it needs the 224 px AlexNet maps, and {layer} is {height}x{width}; "
+                "use --pool auto"
             )
         out_h, out_w = _out_side(height, kernel, stride, padding), _out_side(width, kernel, stride, padding)
         module = nn.Sequential(nn.AvgPool2d(kernel, stride, padding), nn.Flatten())
         return module, channels * out_h * out_w, f"avg k{kernel} s{stride} p{padding}"
     if preset != "auto":
-        raise ValueError(f"--pool {preset} is invalid: allowed values are {', '.join(PRESETS)}")
+        raise ConfigError(f"--pool {preset} is invalid: allowed values are {', '.join(PRESETS)}")
     side = auto_grid(channels, height, width)
     return nn.Sequential(nn.AdaptiveAvgPool2d(side), nn.Flatten()), channels * side * side, f"adaptive avg {side}x{side}"

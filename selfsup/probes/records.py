@@ -12,6 +12,7 @@ every table built from it repeats.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -20,18 +21,28 @@ import torch
 
 from selfsup.checkpoint import atomic_file
 from selfsup.cli.common import command_line, git_commit, machine_description
+from selfsup.errors import ConfigError, DataError
 
 RECORD_VERSION = 1
 SELECTION_SPLITS = ("val", "test")
+# Kinds of record written by ssl-probe, ssl-finetune and ssl-detect; ssl-pretrain's summary is kind "pretrain".
+EVALUATION_KINDS = ("linear_probe", "knn", "finetune", "lowshot_linear", "lowshot_svm", "svm_voc07", "detection")
+# Top-level fields (and their types) that every table reads: a file without one is skipped with a
+# warning instead of stopping the whole report with a traceback.
+REQUIRED_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "evaluation": {"method": str, "checkpoint": str, "encoder": dict, "protocol": dict, "layers": dict},
+    "pretrain": {"checkpoint": str, "command": str, "epochs": int, "steps": int,
+                 "wall_time_s": (int, float), "images_per_s": (int, float)},
+}
 
 
-class SelectionError(ValueError):
+class SelectionError(ConfigError):
     """Raised when a run would select its model on the test split without being forced to."""
 
 
 def check_selection(selection_split: str, force_test_selection: bool) -> None:
     if selection_split not in SELECTION_SPLITS:
-        raise ValueError(f"--selection-split {selection_split!r} is invalid: allowed values are {', '.join(SELECTION_SPLITS)}")
+        raise ConfigError(f"--selection-split {selection_split!r} is invalid: allowed values are {', '.join(SELECTION_SPLITS)}")
     if selection_split == "test" and not force_test_selection:
         raise SelectionError(
             "--selection-split test is refused: choosing epochs, costs or k on the test split inflates the reported "
@@ -75,31 +86,77 @@ def write_record(record: dict[str, Any], path: str | Path) -> Path:
     return Path(path)
 
 
-def is_record(obj: Any) -> bool:
-    """An evaluation record, or an ssl-pretrain summary (kind "pretrain") that reports join to its checkpoint."""
-    if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str):
-        return False
-    return obj["kind"] == "pretrain" or isinstance(obj.get("layers"), dict)
+def record_problem(obj: Any) -> str | None:
+    """Why a parsed JSON file cannot be used as an evaluation record or an ssl-pretrain summary (kind
+    "pretrain", which reports join to its checkpoint); None when it can."""
+    if not isinstance(obj, dict):
+        return f"not a JSON object (a {type(obj).__name__})"
+    kind = obj.get("kind")
+    if kind != "pretrain" and kind not in EVALUATION_KINDS:
+        return "not a record (no kind field)" if kind is None else f"not a record (unknown kind {kind!r})"
+    required = REQUIRED_FIELDS["pretrain" if kind == "pretrain" else "evaluation"]
+    missing = [name for name in required if name not in obj]
+    if missing:
+        return f"{kind} record without {', '.join(missing)}"
+    wrong = [name for name, types in required.items() if not isinstance(obj[name], types)]
+    if wrong:
+        return f"{kind} record with {', '.join(wrong)} of the wrong type"
+    if kind != "pretrain" and not isinstance(obj["encoder"].get("arch"), str):
+        return f"{kind} record without encoder.arch"
+    return None
 
 
-def load_records(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """Records and pretraining summaries from files and folders (searched recursively for ``*.json``);
-    other JSON files are skipped.
+def _read_json(file: Path) -> Any:
+    """The parsed file; a ValueError whose message says why it could not be read or parsed."""
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot be read ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark, as some Windows editors write, is harmless
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer too long to convert, nesting too deep
+        raise ValueError(f"not valid JSON ({exc})") from None
 
-    Each record gets ``_path`` (where it was read) for error messages and tables.
+
+def load_records(paths: Iterable[str | Path]) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Records and pretraining summaries from files and folders (searched recursively for ``*.json``),
+    and the (path, reason) of every file that could not be used.
+
+    One file that cannot be used (unreadable, not UTF-8, not JSON, not a record, missing fields the
+    tables need) must not cost the whole report: each is named in a warning line on stderr and
+    skipped. Each record gets ``_path`` (where it was read) for error messages and tables.
+    Raises :class:`DataError` for a path that does not exist and when no usable file remains.
     """
+    paths = [Path(given) for given in paths]
     found: list[dict[str, Any]] = []
+    skipped: list[tuple[str, str]] = []
     for given in paths:
-        given = Path(given)
         if not given.exists():
-            raise FileNotFoundError(f"no such record file or folder: {given}")
+            raise DataError(f"no such record file or folder: {given}")
         files = sorted(given.rglob("*.json")) if given.is_dir() else [given]
         for file in files:
             try:
-                obj = json.loads(file.read_text())
-            except (OSError, json.JSONDecodeError):
+                obj = _read_json(file)
+            except ValueError as exc:
+                problem = str(exc)
+            else:
+                problem = record_problem(obj)
+            if problem is not None:
+                print(f"warning: skipped {file}: {problem}", file=sys.stderr)
+                skipped.append((str(file), problem))
                 continue
-            if is_record(obj):
-                obj["_path"] = str(file)
-                found.append(obj)
-    return found
+            obj["_path"] = str(file)
+            found.append(obj)
+    if not found:
+        where = ", ".join(str(given) for given in paths)
+        if skipped:
+            raise DataError(f"no usable records in {where}: {len(skipped)} JSON file{'s' * (len(skipped) > 1)} "
+                            "skipped (see the warnings above)")
+        raise DataError(f"no records in {where}: no *.json files found")
+    return found, skipped

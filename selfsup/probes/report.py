@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from selfsup.checkpoint import atomic_file
+from selfsup.errors import DataError
 from selfsup.probes.lowshot import summarize
 
 LINEAR = "linear_probe"
@@ -384,7 +386,7 @@ def build_report(records: Sequence[dict[str, Any]], *, title: str, command: str,
                  notes: str | None = None, description: str | None = None, order: Sequence[str] = ()) -> str:
     evaluations, pretrains = split_records(records)
     if not evaluations:
-        raise ValueError("no evaluation records found (files written by ssl-probe, ssl-finetune or ssl-detect)")
+        raise DataError("no evaluation records found (files written by ssl-probe, ssl-finetune or ssl-detect)")
     rows = build_rows(evaluations, pretrains, order)
     splits = sorted({f"{r.get('reported_split', 'test')}" for r in evaluations})
     datasets = sorted({str(r.get("data")) for r in evaluations})
@@ -446,7 +448,7 @@ def draw_chart(records: Sequence[dict[str, Any]], path: str | Path, title: str, 
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with atomic_file(path) as handle:
+        fig.savefig(handle, format="png")
     plt.close(fig)
     return path

@@ -53,9 +53,11 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 from tqdm import tqdm
 
+from selfsup.checkpoint import atomic_file
 from selfsup.data.images import BadImageError
 from selfsup.data.voc import VocSplit
 from selfsup.engine import autocast_context
+from selfsup.errors import CheckpointError, ConfigError, DataError
 from selfsup.models import Encoder
 from selfsup.pretext.base import IMAGENET_MEAN, IMAGENET_STD
 from selfsup.transfer.rescale import Unit, UnitStats, rescalable_units, rescale_within_layer
@@ -88,16 +90,16 @@ def is_alexnet(encoder: Encoder) -> bool:
 def resolve_backbone(encoder: Encoder, backbone: str) -> str:
     """The backbone ``backbone`` means for ``encoder`` (``auto``: conv5 for AlexNets, fpn for ResNets)."""
     if backbone not in BACKBONES:
-        raise ValueError(f"--backbone {backbone!r} is invalid: allowed values are {', '.join(BACKBONES)}")
+        raise ConfigError(f"--backbone {backbone!r} is invalid: allowed values are {', '.join(BACKBONES)}")
     if is_alexnet(encoder):
         allowed = ("auto", "conv5")
     elif is_resnet(encoder):
         allowed = ("auto", "fpn", "c4")
     else:
-        raise ValueError(f"{encoder.arch} has layers {', '.join(encoder.layer_names)}: detection needs an AlexNet "
-                         f"(conv1..conv5) or a ResNet (res2..res5)")
+        raise CheckpointError(f"{encoder.arch} has layers {', '.join(encoder.layer_names)}: detection needs an "
+                              f"AlexNet (conv1..conv5) or a ResNet (res2..res5)")
     if backbone not in allowed:
-        raise ValueError(f"--backbone {backbone} is invalid for {encoder.arch}: allowed values are {', '.join(allowed)}")
+        raise ConfigError(f"--backbone {backbone} is invalid for {encoder.arch}: allowed values are {', '.join(allowed)}")
     if backbone == "auto":
         return "conv5" if is_alexnet(encoder) else "fpn"
     return backbone
@@ -481,8 +483,9 @@ def train_one_epoch(model: FasterRCNN, loader: DataLoader, optimizer: torch.opti
         losses = model(_images(items, device), targets)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
-            raise ValueError(f"--lr {optimizer.param_groups[0]['initial_lr']:g} made the loss {loss.detach().item()} "
-                             f"({desc}, step {bar.n + 1}); use a smaller --lr")
+            bar.close()  # the error must be the last line, not the progress bar's
+            raise ConfigError(f"--lr {optimizer.param_groups[0]['initial_lr']:g} made the loss {loss.detach().item()} "
+                              f"({desc}, step {bar.n + 1}); use a smaller --lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -525,7 +528,7 @@ def evaluate(model: FasterRCNN, loader: DataLoader, split: VocSplit, device: tor
     """VOC AP of the detector on ``split`` (images that cannot be read are left out, their boxes too)."""
     indices, detections = predict(model, loader, device, desc, on_bad)
     if not indices:
-        raise ValueError(f"no readable image in {split.describe()}")
+        raise DataError(f"no readable image in {split.describe()}")
     return voc_detection_scores(detections, split_truths(split, indices), split.classes), indices, detections
 
 
@@ -571,6 +574,6 @@ def draw_detections(split: VocSplit, indices: Sequence[int], detections: Sequenc
             _label(draw, (box[0] + 2, box[1] + 2), f"{split.classes[int(label)]} {score:.2f}", PREDICTED, font)
         sheet.paste(picture, ((position % per_row) * cell, (position // per_row) * cell))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
+    with atomic_file(path) as handle:
+        sheet.save(handle, format="PNG")
     return path

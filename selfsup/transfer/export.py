@@ -40,8 +40,11 @@ import torchvision
 from torch import Tensor, nn
 
 from selfsup.checkpoint import atomic_file, atomic_save, load_checkpoint
+from selfsup.errors import CheckpointError, ConfigError
 from selfsup.models import Encoder, build_encoder
+from selfsup.models.base import load_weights
 from selfsup.models.resnet import ResNet
+from selfsup.probes.frozen import check_pretrain_record, encoder_from_checkpoint
 from selfsup.pretext.base import IMAGENET_MEAN, IMAGENET_STD
 from selfsup.transfer.frontend import INPUT, fold_input_mapping, input_conv, replace_input_conv
 
@@ -55,16 +58,17 @@ PIXEL_MEAN = [round(255 * m, 3) for m in IMAGENET_MEAN]
 PIXEL_STD = [round(255 * s, 3) for s in IMAGENET_STD]
 
 
-def load_pretrained(checkpoint: str | Path) -> tuple[Encoder, dict[str, Any]]:
-    """The encoder of an ssl-pretrain checkpoint, as trained (its own input channels), and the checkpoint."""
-    state = load_checkpoint(checkpoint)
-    if not all(key in state for key in ("encoder", "task", "model")):
-        raise ValueError(f"--checkpoint {checkpoint} is not an ssl-pretrain checkpoint (no encoder/task/model record)")
-    spec = state["encoder"]
-    encoder = build_encoder(spec["arch"], in_channels=spec["in_channels"], width=spec["width"])
+def load_pretrained(checkpoint: str | Path, trust: bool = False) -> tuple[Encoder, dict[str, Any]]:
+    """The encoder of an ssl-pretrain checkpoint, as trained (its own input channels), and the checkpoint.
+    CheckpointError when the file is not such a checkpoint or its encoder weights do not fit its record;
+    ``trust`` is :func:`selfsup.checkpoint.load_checkpoint`'s (``--trust-checkpoint``)."""
+    state = load_checkpoint(checkpoint, trust=trust)
+    check_pretrain_record(state, checkpoint)
+    encoder = encoder_from_checkpoint(state, checkpoint)
     # The task's heads are not needed: only the encoder's entries of the task module are loaded.
     prefix = "encoder."
-    encoder.load_state_dict({k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)})
+    weights = {k[len(prefix):]: v for k, v in state["model"].items() if isinstance(k, str) and k.startswith(prefix)}
+    load_weights(encoder, weights, f"checkpoint {checkpoint}", key_prefix=prefix)
     return encoder.eval(), state
 
 
@@ -80,10 +84,10 @@ def detectron2_key(torchvision_key: str) -> str:
 
 def _torchvision_layout(encoder: Encoder, fmt: str) -> tuple[str, list[str]]:
     """The torchvision model name whose tensors this encoder fills, and the Python statements that adapt
-    that model's stem (``m`` = the model) first; ValueError when no such model exists."""
+    that model's stem (``m`` = the model) first; ConfigError (``--format``) when no such model exists."""
     if not isinstance(encoder, ResNet):
-        raise ValueError(f"--format {fmt} needs a ResNet encoder: {encoder.arch} is a BatchNorm AlexNet, which "
-                         f"torchvision, timm and detectron2 have no model for; use --format selfsup")
+        raise ConfigError(f"--format {fmt} needs a ResNet encoder: {encoder.arch} is a BatchNorm AlexNet, which "
+                          f"torchvision, timm and detectron2 have no model for; use --format selfsup")
     name = encoder.arch.removesuffix("_small")
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         stock = getattr(torchvision.models, name)()
@@ -93,8 +97,8 @@ def _torchvision_layout(encoder: Encoder, fmt: str) -> tuple[str, list[str]]:
             continue
         if key not in ours or ours[key].shape != value.shape:
             shape = "missing" if key not in ours else "x".join(map(str, ours[key].shape))
-            raise ValueError(f"--format {fmt} needs torchvision's {name} widths: {encoder.arch}'s {key} is {shape}, "
-                             f"torchvision's is {'x'.join(map(str, value.shape))}; use --format selfsup")
+            raise ConfigError(f"--format {fmt} needs torchvision's {name} widths: {encoder.arch}'s {key} is "
+                              f"{shape}, torchvision's is {'x'.join(map(str, value.shape))}; use --format selfsup")
     _, conv = input_conv(encoder)
     changes = []
     if (conv.kernel_size, conv.stride, conv.padding) != (stock.conv1.kernel_size, stock.conv1.stride, stock.conv1.padding):
@@ -124,15 +128,17 @@ def _detectron2_config(out: Path, name: str) -> list[str]:
     return config
 
 
-def export_backbone(checkpoint: str | Path, fmt: str, out: str | Path) -> dict[str, Any]:
+def export_backbone(checkpoint: str | Path, fmt: str, out: str | Path, trust: bool = False) -> dict[str, Any]:
     """Writes the checkpoint's encoder, folded to take ImageNet-normalised RGB, as ``fmt`` to ``out``
-    (and ``out`` + ``.json``); returns the metadata written there, ``load`` being the line that loads it."""
+    (and ``out`` + ``.json``); returns the metadata written there, ``load`` being the line that loads it.
+    ``trust`` is :func:`selfsup.checkpoint.load_checkpoint`'s (``--trust-checkpoint``)."""
     if fmt not in FORMATS:
-        raise ValueError(f"--format {fmt!r} is not supported; choose one of: {', '.join(FORMATS)}")
+        raise ConfigError(f"--format {fmt!r} is not supported; choose one of: {', '.join(FORMATS)}")
     out = Path(out)
     if fmt == "detectron2" and out.suffix != ".pkl":
-        raise ValueError(f"--out {out} must end in .pkl for --format detectron2 (detectron2 unpickles only .pkl files)")
-    encoder, state = load_pretrained(checkpoint)
+        raise ConfigError(f"--out {out} must end in .pkl for --format detectron2 (detectron2 unpickles only .pkl "
+                          "files)")
+    encoder, state = load_pretrained(checkpoint, trust=trust)
     task = state["task"]
     folded, folding = fold_input_mapping(encoder, task["name"], task["options"])
     metadata: dict[str, Any] = {
@@ -162,9 +168,9 @@ def _write_resnet(encoder: Encoder, fmt: str, metadata: dict[str, Any], out: Pat
     adapt = "".join(f"{change}; " for change in changes)
     if changes:
         if fmt == "detectron2":
-            raise ValueError(f"--format detectron2 needs a 7x7 stride-2 conv1 and a max-pool (detectron2's fixed ResNet "
-                             f"stem), and this {encoder.arch} ({metadata['front_end_folding']}) has another stem; use "
-                             f"--format torchvision or selfsup")
+            raise ConfigError(f"--format detectron2 needs a 7x7 stride-2 conv1 and a max-pool (detectron2's fixed "
+                              f"ResNet stem), and this {encoder.arch} ({metadata['front_end_folding']}) has another "
+                              "stem; use --format torchvision or selfsup")
         metadata["stem"] = f"differs from {name}'s 7x7 stride-2 conv1 + max-pool; the load line replaces it first"
     load = f"m.load_state_dict(torch.load({str(out)!r}))"
     if fmt == "torchvision":
@@ -188,16 +194,20 @@ def _write_resnet(encoder: Encoder, fmt: str, metadata: dict[str, Any], out: Pat
 
 
 def load_exported(path: str | Path) -> Encoder:
-    """The encoder of a ``--format selfsup`` export, in eval mode, for ``normalize_rgb`` input."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(saved, dict) or saved.get("format") != "selfsup":
-        raise ValueError(f"{path} is not an ssl-export --format selfsup file")
+    """The encoder of a ``--format selfsup`` export, in eval mode, for ``normalize_rgb`` input; CheckpointError
+    (one line) when ``path`` is missing, unsafe, not such an export or damaged."""
+    saved = load_checkpoint(path)
+    if saved.get("format") != "selfsup" or not isinstance(saved.get("spec"), dict):
+        raise CheckpointError(f"{path} is not an ssl-export --format selfsup file")
     spec = saved["spec"]
-    encoder = build_encoder(spec["arch"], in_channels=spec["in_channels"], width=spec["width"])
-    _, conv = input_conv(encoder)
-    geometry = spec["conv1"]
+    try:
+        encoder = build_encoder(spec["arch"], in_channels=spec["in_channels"], width=spec["width"])
+        geometry = spec["conv1"]
+        conv1 = nn.Conv2d(spec["in_channels"], input_conv(encoder)[1].out_channels, tuple(geometry["kernel_size"]),
+                          tuple(geometry["stride"]), tuple(geometry["padding"]), bias=geometry["bias"])
+    except (KeyError, ValueError, TypeError) as exc:  # the values came from the file
+        raise CheckpointError(f"{path}: its spec {spec} cannot be built ({type(exc).__name__}: {exc})") from exc
     # A Sobel fold grows conv1 by two pixels, so the stock conv1 is replaced by the exported geometry.
-    replace_input_conv(encoder, nn.Conv2d(spec["in_channels"], conv.out_channels, tuple(geometry["kernel_size"]),
-                                          tuple(geometry["stride"]), tuple(geometry["padding"]), bias=geometry["bias"]))
-    encoder.load_state_dict(saved["state_dict"], strict=True)
+    replace_input_conv(encoder, conv1)
+    load_weights(encoder, saved.get("state_dict"), str(path))
     return encoder.eval()
