@@ -175,7 +175,7 @@ def load_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
 
     Raises :class:`CheckpointError` (one line) when the file is missing, unreadable, not a dict, holds
     objects other than tensors and plain types (unless ``trust``: see the module docstring), or has
-    non-finite weights under ``model``.
+    non-finite weights under ``model`` (ssl-pretrain) or ``state_dict`` (ssl-export).
     """
     path = Path(path)
     if not path.exists():
@@ -199,9 +199,8 @@ def load_checkpoint(path: str | Path, *, trust: bool = False) -> dict[str, Any]:
         state = _load_trusted(path)
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint's dict")
-    model = state.get("model")
-    if isinstance(model, Mapping):
-        bad = nonfinite_tensors(model)
+    for weights in (state.get("model"), state.get("state_dict")):  # a checkpoint's, an ssl-export file's
+        bad = nonfinite_tensors(weights) if isinstance(weights, Mapping) else []
         if bad:
             raise CheckpointError(
                 f"checkpoint {path} has non-finite weights in {len(bad)} tensor(s), e.g. {bad[0]}: it comes from a "
