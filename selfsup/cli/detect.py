@@ -37,7 +37,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from selfsup.checkpoint import seed_everything
-from selfsup.cli.common import Parser, add_trust_option, finite_float, int_list, run_until_record, user_errors_exit
+from selfsup.cli.common import (
+    Parser, add_trust_option, check_option_values, finite_float, int_list, run_until_record, user_errors_exit,
+)
 from selfsup.config import ModelConfig
 from selfsup.data.loading import BadFileLog, EpochBatchSampler
 from selfsup.data.voc import open_voc, resolve_voc_root, voc_classes
@@ -132,18 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> None:
     """ConfigError (one line) for an option value or combination that cannot work, before any work."""
-    for name in ("checkpoint", "data", "data_root", "out", "figure"):
-        if getattr(args, name) == "":
-            raise ConfigError(f"--{name.replace('_', '-')} '' is invalid: give a path or name")
-    for name, least in (("epochs", 1), ("batch_size", 1), ("min_size", 1), ("max_size", 1), ("fc_dim", 1),
-                        ("eval_every", 1), ("workers", 0)):
-        value = getattr(args, name)
-        if value < least:
-            raise ConfigError(f"--{name.replace('_', '-')} {value} is invalid: must be at least {least}")
-    for name in ("lr", "width"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')} {value:g} is invalid: must be above 0")
+    check_option_values(args, paths=("checkpoint", "data", "data_root", "out", "figure"),
+                        at_least=(("epochs", 1), ("batch_size", 1), ("min_size", 1), ("max_size", 1), ("fc_dim", 1),
+                                  ("eval_every", 1), ("workers", 0)),
+                        positive=("lr", "width"))
     if args.rescale and not args.frozen_bn:
         raise ConfigError("--rescale is invalid with --trainable-bn: a BatchNorm that trains renormalises every batch "
                           "and undoes the rescaling; allowed: --rescale with --frozen-bn (the default)")

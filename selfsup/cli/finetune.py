@@ -27,7 +27,10 @@ from typing import Any
 
 
 from selfsup.checkpoint import seed_everything
-from selfsup.cli.common import Parser, add_data_layout_option, add_trust_option, finite_float, run_until_record, user_errors_exit
+from selfsup.cli.common import (
+    Parser, add_data_layout_option, add_trust_option, check_option_values, finite_float, run_until_record,
+    user_errors_exit,
+)
 from selfsup.config import ModelConfig, OptimConfig
 from selfsup.data.loading import BadFileLog, CenterCrop, EpochBatchSampler, RandomCrop, eval_loader, train_loader
 from selfsup.data.sources import DataError, ImageSource, open_splits
@@ -107,18 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> None:
     """ConfigError (one line) for an option value that cannot work, before any work; 0 is a value like
     any other, never read as "not given"."""
-    for name in ("checkpoint", "data", "data_root", "out"):
-        if getattr(args, name) == "":
-            raise ConfigError(f"--{name.replace('_', '-')} '' is invalid: give a path or name")
-    for name, least in (("epochs", 1), ("batch_size", 2), ("workers", 0), ("hidden", 1), ("image_size", 1)):
-        value = getattr(args, name)
-        if value is not None and value < least:
-            why = " (the classifier's BatchNorms need two images)" if name == "batch_size" else ""
-            raise ConfigError(f"--{name.replace('_', '-')} {value} is invalid: must be at least {least}{why}")
-    for name in ("lr", "width"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')} {value:g} is invalid: must be above 0")
+    check_option_values(args, paths=("checkpoint", "data", "data_root", "out"),
+                        at_least=(("epochs", 1), ("batch_size", 2), ("workers", 0), ("hidden", 1), ("image_size", 1)),
+                        positive=("lr", "width"),
+                        reasons={"batch_size": " (the classifier's BatchNorms need two images)"})
     if args.eval_crop is not None and not 0 < args.eval_crop <= 1:
         raise ConfigError(f"--eval-crop {args.eval_crop:g} is invalid: must be a fraction in (0, 1]")
     check_selection(args.selection_split, args.force_test_selection)

@@ -16,7 +16,10 @@ from typing import Any
 import yaml
 
 from selfsup.checkpoint import atomic_file, remove_stale_temporaries, seed_everything
-from selfsup.cli.common import Parser, add_overrides, add_trust_option, command_line, git_commit, given_overrides, machine_description, user_errors_exit
+from selfsup.cli.common import (
+    Parser, add_overrides, add_trust_option, command_line, git_commit, given_overrides, machine_description,
+    user_errors_exit,
+)
 from selfsup.config import (
     ConfigError,
     PretrainConfig,

@@ -27,7 +27,9 @@ import numpy as np
 import torch
 
 from selfsup.checkpoint import atomic_file, seed_everything
-from selfsup.cli.common import Parser, add_data_layout_option, add_trust_option, finite_float, int_list, user_errors_exit
+from selfsup.cli.common import (
+    Parser, add_data_layout_option, add_trust_option, check_option_values, finite_float, int_list, user_errors_exit,
+)
 from selfsup.config import DataConfig, ModelConfig
 from selfsup.data.loading import BadFileLog, CenterCrop, EpochBatchSampler, RandomCrop, eval_loader, train_loader
 from selfsup.data.sources import DataError, ImageSource, open_splits
@@ -152,19 +154,10 @@ def default_out(args: argparse.Namespace) -> Path:
 
 def check_args(args: argparse.Namespace) -> None:
     """ConfigError (one line) for an option value or combination that cannot work, before any work."""
-    for name in ("checkpoint", "data", "data_root", "save_features", "out"):
-        if getattr(args, name) == "":
-            raise ConfigError(f"--{name.replace('_', '-')} '' is invalid: give a path or name")
-    # 0 is a value like any other: refused where it cannot work, never read as "not given"
-    for name, least in (("epochs", 1), ("batch_size", 2), ("draws", 1), ("image_size", 1), ("workers", 0)):
-        value = getattr(args, name)
-        if value is not None and value < least:
-            why = " (the probe's BatchNorm needs two images)" if name == "batch_size" else ""
-            raise ConfigError(f"--{name.replace('_', '-')} {value} is invalid: must be at least {least}{why}")
-    for name in ("lr", "width", "knn_temperature"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')} {value:g} is invalid: must be above 0")
+    check_option_values(args, paths=("checkpoint", "data", "data_root", "save_features", "out"),
+                        at_least=(("epochs", 1), ("batch_size", 2), ("draws", 1), ("image_size", 1), ("workers", 0)),
+                        positive=("lr", "width", "knn_temperature"),
+                        reasons={"batch_size": " (the probe's BatchNorm needs two images)"})
     if args.max_cache_gb < 0:
         raise ConfigError(f"--max-cache-gb {args.max_cache_gb:g} is invalid: must be at least 0")
     if args.eval_crop is not None and not 0 < args.eval_crop <= 1:
