@@ -13,8 +13,9 @@ import pytest
 LAYERS = ("conv1", "conv2", "conv3")
 
 
-def linear_record(method, scores, *, checkpoint="ckpt/last.pt", in_channels=3, size=32, forced=False):
-    return {
+def linear_record(method, scores, *, checkpoint="ckpt/last.pt", in_channels=3, size=32, forced=False, seed=None,
+                  test_images=None):
+    record = {
         "kind": "linear_probe", "method": method, "checkpoint": "random" if method == "random" else checkpoint,
         "encoder": {"arch": "alexnet_small", "in_channels": in_channels}, "image_size": size, "data": "demo",
         "selection_split": "test" if forced else "val", "forced_test_selection": forced, "reported_split": "test",
@@ -24,6 +25,11 @@ def linear_record(method, scores, *, checkpoint="ckpt/last.pt", in_channels=3, s
         "command": f"ssl-probe --checkpoint {method}", "git_commit": "abc1234", "wall_time_s": 30.0,
         "machine": {"platform": "linux", "cpu_count": 2, "torch_threads": 2, "torch": "2.x", "device": "cpu"},
     }
+    if seed is not None:
+        record["protocol"]["seed"] = seed
+    if test_images is not None:
+        record["splits"] = {"test": f"folder data/test ({test_images:,} images, 10 classes)"}
+    return record
 
 
 def write(folder, name, record):
@@ -44,11 +50,40 @@ def test_records_round_trip_into_the_table_with_delta_against_the_matching_rando
     report = build_report(records, title="t", command="ssl-report x", order=["rotation", "colorization"])
     lines = report.splitlines()
     rotation = next(line for line in lines if line.startswith("| rotation |"))
-    assert rotation.startswith("| rotation | 35.00 | 50.00 | 47.50 | 50.00 | +9.00 (vs random init (RGB input, 32 px))")
+    # no test-set size in these records: the spread of a one-seed difference is unknown, and says so
+    assert rotation.startswith("| rotation | 35.00 | 50.00 | 47.50 | 50.00 | +9.00 ± n/a (1 seed; vs random init "
+                               "(RGB input, 32 px))")
     colorization = next(line for line in lines if line.startswith("| colorization |"))
-    assert "+5.00 (vs random init (L input, 32 px))" in colorization  # 31 - 26: the L-input random row
+    assert "+5.00 ± n/a (1 seed; vs random init (L input, 32 px))" in colorization  # 31 - 26: the L-input random row
     assert lines.index(rotation) < lines.index(colorization)  # --order
     assert "ssl-probe --checkpoint rotation" in report and "†" not in report
+
+
+def test_one_seed_per_side_gives_delta_with_the_binomial_standard_error_on_the_test_set(tmp_path):
+    write(tmp_path, "random.json", linear_record("random", (30.0, 40.0, 41.0), test_images=10_000))
+    write(tmp_path, "rotation.json", linear_record("rotation", (35.0, 50.0, 47.5), test_images=10_000))
+    report = build_report(load_records([tmp_path])[0], title="t", command="c")
+    # sqrt(0.50 * 0.50 / 10,000 + 0.41 * 0.59 / 10,000) = 0.70 points
+    assert "| rotation | 35.00 | 50.00 | 47.50 | 50.00 | +9.00 ± 0.70 (1 seed; vs random init (RGB input, 32 px)) |" in report
+    assert "Welch's t-test" in report and "binomial standard error" in report
+
+
+def test_several_seeds_per_side_give_mean_std_and_welch_test_against_random(tmp_path):
+    for seed, (random_best, rotation_best, close_best) in enumerate(((40.0, 50.0, 40.5), (41.0, 51.0, 42.5),
+                                                                     (42.5, 52.0, 41.0))):
+        write(tmp_path, f"random_{seed}.json", linear_record("random", (30.0, random_best, 35.0), seed=seed))
+        write(tmp_path, f"rotation_{seed}.json", linear_record("rotation", (35.0, rotation_best, 47.5), seed=seed))
+        write(tmp_path, f"jigsaw_{seed}.json", linear_record("jigsaw", (30.0, close_best, 35.0), seed=seed,
+                                                             checkpoint="j/last.pt"))
+    report = build_report(load_records([tmp_path])[0], title="t", command="c", order=["rotation", "jigsaw"])
+    # conv2 per seed: rotation 50, 51, 52 (mean 51, var 1); random 40, 41, 42.5 (mean 41.17, var 1.58)
+    # Δ = 9.83 ± sqrt(1/3 + 1.58/3) = 0.93; Welch t = 10.6 on about 3.8 degrees of freedom
+    rotation = next(line for line in report.splitlines() if line.startswith("| rotation |"))
+    assert rotation.startswith("| rotation | 35.00 ± 0.00 | 51.00 ± 1.00 | 47.50 ± 0.00 | 51.00 ± 1.00 | +9.83 ± 0.93 * "
+                               "(Welch p = 0.001, 3 vs 3 seeds; vs random init (RGB input, 32 px)) |")
+    # jigsaw 40.5, 42.5, 41 against random 40, 41, 42.5: not significant
+    assert "| 41.33 ± 1.04 | +0.17 ± 0.94 n.s. (Welch p = 0.869, 3 vs 3 seeds; vs random init" in report
+    assert "| random init (RGB input, 32 px) | 30.00 ± 0.00 | 41.17 ± 1.26 | 35.00 ± 0.00 | 41.17 ± 1.26 |  |" in report
 
 
 def detection_record(method, ap, *, data, checkpoint="ckpt/last.pt"):
@@ -71,8 +106,10 @@ def test_detection_records_give_a_column_per_data_set_and_per_class_tables_with_
     assert "| method | detection mAP (fruits_voc) | detection mAP (raccoon_voc) |" in report
     assert "| rotation | 45.00 (conv5) | 45.50 (conv5) |" in report
     assert "## Detection on fruits_voc: AP per class (test, IoU 0.5)" in report
-    assert "| rotation | conv5 | 50.00 | 40.00 | 45.00 | 46.00 | +15.00 (vs random init (RGB input, 128 px)) |" in report
-    assert "| rotation | conv5 | 45.50 | 45.50 | 46.50 | +15.50 (vs random init (RGB input, 128 px)) |" in report
+    # mAP has no binomial standard error: one seed per side leaves the spread unknown, and says so
+    assert ("| rotation | conv5 | 50.00 | 40.00 | 45.00 | 46.00 | +15.00 ± n/a (1 seed; vs random init (RGB input, "
+            "128 px)) |") in report
+    assert "| rotation | conv5 | 45.50 | 45.50 | 46.50 | +15.50 ± n/a (1 seed; vs random init (RGB input, 128 px)) |" in report
     assert "8 epochs x batch 4" in report
 
 
@@ -84,7 +121,11 @@ def test_detection_seeds_are_summarised_and_compared_seed_by_seed(tmp_path):
             write(tmp_path, f"{method}_{seed}.json", record)
     report = build_report(load_records([tmp_path])[0], title="t", command="c")
     assert "| rotation | 40.50 ± 0.71 (conv5, 2 seeds) |" in report
-    assert "| rotation | conv5, seed 1 | 41.00 | 41.00 | 42.00 | +7.00 (vs random init (RGB input, 128 px)) |" in report
+    assert ("| rotation | conv5, seed 1 | 41.00 | 41.00 | 42.00 | +7.00 ± n/a (1 seed; vs random init (RGB input, "
+            "128 px)) |") in report
+    # means over seeds: 40.5 ± 0.71 against 32 ± 2.83, Δ 8.50 ± sqrt(0.5/2 + 8/2) = 2.06
+    assert ("| rotation | conv5, mean of 2 seeds | 40.50 | 40.50 ± 0.71 | 41.50 | +8.50 ± 2.06 n.s. (Welch p = 0.130, "
+            "2 vs 2 seeds; vs random init (RGB input, 128 px)) |") in report
 
 
 def test_forced_test_selection_is_marked_in_every_table(tmp_path):

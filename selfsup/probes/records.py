@@ -7,11 +7,20 @@ which split selected the model, the metric values per layer, the command, commit
 Selection discipline: model selection (epoch, cost, k) uses the val split. Selecting on test is
 refused unless the user forces it, and a forced record says so (``forced_test_selection``), which
 every table built from it repeats.
+
+Portable paths: a record names files (checkpoint, data, figure, and paths inside commands and notes).
+When it is written, every absolute path below the checkout that holds the record (the nearest folder
+with a ``.git``) is stored relative to the record's folder, one below the home folder as ``~/...``; any
+other path is kept as given (a record outside any checkout, e.g. next to its checkpoint in a run
+folder, keeps absolute paths: there is no clone for it to travel with). Readers resolve a relative
+path field against the record's folder (:func:`resolve_path`), so a fresh clone rebuilds every table.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -78,10 +87,69 @@ def finish_record(record: dict[str, Any], *, started: float, device: torch.devic
     return record
 
 
+# Fields that hold one path (or a name such as "random" or "demo"); a relative value given on the
+# command line is relative to where the command ran, so it is made absolute before the path rule.
+PATH_FIELDS = ("checkpoint", "data", "figure")
+# An absolute path inside a string: a "/" at the start or after a space, "=", quote or bracket (so
+# "https://" and "a/b" are left alone), up to the next space, quote, bracket, comma or semicolon.
+_ABSOLUTE_PATH = re.compile(r"""(?<![^\s=("'\[])/[^\s"'()\[\],;]+""")
+
+
+def checkout_root(folder: Path) -> Path | None:
+    """The nearest folder at or above ``folder`` holding ``.git`` (a directory, or a file in a worktree)."""
+    return next((candidate for candidate in (folder, *folder.parents) if (candidate / ".git").exists()), None)
+
+
+def portable_path(path: str, folder: Path, root: Path | None) -> str:
+    """The path rule for one absolute path: relative to ``folder`` (the record's) when it lies below
+    ``root`` (the record's checkout), ``~/...`` when below the home folder, else unchanged (it is what
+    the user gave)."""
+    # a sentence may end right after a path: keep the full stop out of it
+    stripped = path.rstrip(".:")
+    tail = path[len(stripped):]
+    target = Path(os.path.normpath(stripped))
+    if root is not None and target.is_relative_to(root):
+        return Path(os.path.relpath(target, folder)).as_posix() + tail
+    home = Path.home()
+    if home != Path("/") and target.is_relative_to(home):
+        return "~/" + target.relative_to(home).as_posix() + tail
+    return path
+
+
+def portable(value: Any, folder: Path, root: Path | None) -> Any:
+    """``value`` (a record or any part of it) with the path rule applied to every absolute path in
+    every string; ``folder``: the folder the record is written to, ``root``: its checkout (or None)."""
+    if isinstance(value, dict):
+        return {key: portable(item, folder, root) for key, item in value.items()}
+    if isinstance(value, list):
+        return [portable(item, folder, root) for item in value]
+    if isinstance(value, str):
+        return _ABSOLUTE_PATH.sub(lambda match: portable_path(match.group(0), folder, root), value)
+    return value
+
+
+def resolve_path(record: dict[str, Any], value: str) -> str:
+    """A path read from ``record`` as a path on this machine: a relative one is resolved against the
+    folder the record was read from (``_path``); names such as "random" or "demo" are returned unchanged."""
+    # "<runs>/..." names a folder outside the checkout on the machine that ran it: nothing to resolve
+    if not value or value.startswith(("/", "~", "<")) or "_path" not in record:
+        return value
+    candidate = Path(record["_path"]).parent / value
+    if "/" not in value and not candidate.exists():  # a name, not a file next to the record
+        return value
+    return os.path.normpath(os.path.abspath(candidate))
+
+
 def write_record(record: dict[str, Any], path: str | Path) -> Path:
-    """Atomic write (temporary file + rename), so an interrupted run never leaves half a record."""
+    """Atomic write (temporary file + rename), so an interrupted run never leaves half a record. The
+    file holds the portable form (the path rule above); ``record`` itself is left as it is."""
+    # a bare word ("random", "demo", "cifar10") is a name, never made a path
+    given = {key: os.path.abspath(value) for key, value in record.items() if key in PATH_FIELDS
+             and isinstance(value, str) and "/" in value and not os.path.isabs(value) and os.path.exists(value)}
+    folder = Path(os.path.abspath(path)).parent
+    stored = portable({**record, **given}, folder, checkout_root(folder))
     with atomic_file(path, "w") as handle:
-        json.dump(record, handle, indent=2)
+        json.dump(stored, handle, indent=2)
         handle.write("\n")
     return Path(path)
 

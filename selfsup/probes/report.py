@@ -8,6 +8,9 @@ commits, machines). Numbers selected on the test split (forced runs) carry a dag
 
 from __future__ import annotations
 
+import math
+import re
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -15,6 +18,7 @@ from typing import Any, Iterable, Sequence
 from selfsup.checkpoint import atomic_file
 from selfsup.errors import DataError
 from selfsup.probes.lowshot import summarize
+from selfsup.probes.records import resolve_path
 
 LINEAR = "linear_probe"
 # protocols after the linear layers, in column order: kind -> column title
@@ -27,6 +31,13 @@ PROTOCOL_TITLES = {
     "detection": "detection mAP",
 }
 FORCED_MARK = "†"
+# Welch's t-test level for "Δ vs random" when both sides have several seeds
+SIGNIFICANCE_LEVEL = 0.05
+SIGNIFICANCE_NOTE = (
+    f"Δ ± spread: with several seeds on both sides, the difference of the means ± sqrt(s1²/n1 + s2²/n2) over "
+    f"seeds, marked * when Welch's t-test (unequal variances, two-sided) gives p < {SIGNIFICANCE_LEVEL} and n.s. "
+    "otherwise; a side with one seed contributes the binomial standard error sqrt(p(1-p)/n) of its accuracy on its "
+    "n test images (n/a when the record does not give n, or for mAP) and no test is made (marked 1 seed).")
 
 # Published anchors (SPEC.md): AlexNet trained on ImageNet, linear probes on ImageNet (top-1 %), and
 # Fast R-CNN VOC07 detection mAP. Another data set and scale: shown beside, never mixed into, our rows.
@@ -51,7 +62,8 @@ def input_name(record: dict[str, Any]) -> str:
 def row_key(record: dict[str, Any]) -> tuple:
     if record["method"] == "random":
         return ("random", record["encoder"]["arch"], input_name(record), record.get("image_size"))
-    return (record["method"], record["checkpoint"])
+    # records in different folders name the same checkpoint by different relative paths
+    return (record["method"], resolve_path(record, record["checkpoint"]))
 
 
 @dataclass
@@ -86,7 +98,7 @@ def build_rows(records: Sequence[dict[str, Any]], pretrains: Sequence[dict[str, 
     for record in records:
         row = rows.setdefault(row_key(record), Row(row_key(record)))
         row.records.setdefault(record["kind"], []).append(record)
-    by_checkpoint = {str(summary.get("checkpoint")): summary for summary in pretrains}
+    by_checkpoint = {resolve_path(summary, str(summary.get("checkpoint"))): summary for summary in pretrains}
     methods: dict[str, int] = {}
     for row in rows.values():
         methods[row.key[0]] = methods.get(row.key[0], 0) + 1
@@ -118,10 +130,57 @@ def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def best_linear(record: dict[str, Any]) -> tuple[str, float]:
-    """The layer with the best test top-1 (the papers' "best layer" column) and its value."""
-    layer = max(record["layers"], key=lambda name: record["layers"][name]["test_top1"])
-    return layer, record["layers"][layer]["test_top1"]
+def layer_values(records: Sequence[dict[str, Any]], layer: str) -> list[float]:
+    """Test top-1 of ``layer`` in every seed's record that probed it."""
+    return [r["layers"][layer]["test_top1"] for r in records if layer in r["layers"]]
+
+
+def best_layer_values(records: Sequence[dict[str, Any]]) -> tuple[str, list[float]]:
+    """The layer with the best mean test top-1 over seeds and its value per seed."""
+    layers = {layer for r in records for layer in r["layers"]}
+    layer = max(sorted(layers), key=lambda name: statistics.fmean(layer_values(records, name)))
+    return layer, layer_values(records, layer)
+
+
+def mean_std(values: Sequence[float], mark: str = "") -> str:
+    """One seed: the value; several: mean ± std (sample std) over seeds."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}{mark}"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}{mark}"
+
+
+def test_images(record: dict[str, Any]) -> int | None:
+    """The number of test images, from the test split's description ("... (10,000 images, ...)")."""
+    found = re.search(r"\(([\d,]+) images", str((record.get("splits") or {}).get("test", "")))
+    return int(found.group(1).replace(",", "")) if found else None
+
+
+def delta_text(values: Sequence[float], base: Sequence[float], images: int | None = None,
+               base_images: int | None = None) -> str:
+    """Difference of the mean accuracies (percent) of a method's seeds and its random baseline's, with
+    its spread and significance as SIGNIFICANCE_NOTE states; ``images``: each side's test-set size,
+    used for the binomial standard error of a side with one seed (None: unknown, or not an accuracy)."""
+    def variance(side: Sequence[float], n: int | None) -> float | None:
+        if len(side) > 1:
+            return statistics.variance(side) / len(side)
+        if n:
+            p = side[0] / 100
+            return 100 ** 2 * p * (1 - p) / n
+        return None
+
+    delta = statistics.fmean(values) - statistics.fmean(base)
+    variances = [variance(values, images), variance(base, base_images)]
+    spread = "n/a" if None in variances else f"{math.sqrt(sum(variances)):.2f}"
+    if len(values) > 1 and len(base) > 1:
+        from scipy.stats import ttest_ind  # scipy comes with scikit-learn; imported here as only this needs it
+
+        p = float(ttest_ind(values, base, equal_var=False).pvalue)
+        # identical seeds on both sides give no p (nan): nothing to call significant
+        mark = "*" if p < SIGNIFICANCE_LEVEL else "n.s."
+        shown = "n/a" if math.isnan(p) else f"{p:.3f}"
+        return f"{delta:+.2f} ± {spread} {mark} (Welch p = {shown}, {len(values)} vs {len(base)} seeds"
+    seeds = "1 seed" if len(values) == len(base) == 1 else f"{len(values)} vs {len(base)} seeds, 1 seed: no test"
+    return f"{delta:+.2f} ± {spread} ({seeds}"
 
 
 def seed_of(record: dict[str, Any]) -> int | None:
@@ -185,6 +244,19 @@ def data_name(record: dict[str, Any]) -> str:
     return Path(str(record.get("data"))).name or str(record.get("data"))
 
 
+# What the built-in data names (and folders named like them) are, for the tables' Data line
+DATA_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "stl10": "STL-10", "demo": "demo set",
+               "demo-voc": "demo VOC set"}
+
+
+def data_title(record: dict[str, Any]) -> str:
+    """The data set a table reports on, by what it is rather than where it lay: "CIFAR-10 test, 10,000 images"."""
+    name = DATA_TITLES.get(data_name(record), data_name(record))
+    images = test_images(record)
+    split = record.get("reported_split", "test")
+    return f"{name} {split}" + (f", {images:,} images" if images else "")
+
+
 def protocol_columns(rows: Sequence[Row]) -> list[tuple[str, str | None]]:
     """(kind, data set or None) per protocol column: one column per data set when a protocol ran on several."""
     columns: list[tuple[str, str | None]] = []
@@ -206,22 +278,25 @@ def main_table(rows: Sequence[Row], published: bool = False) -> list[str]:
         header.append("pretrain min")
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for row in rows:
-        record = row.first(LINEAR)
+        seeds = row.records.get(LINEAR, [])  # one record per seed
         cells = [row.label]
         if layers:
-            if record is None:
+            if not seeds:
                 cells += [""] * (len(layers) + 2)
             else:
-                mark = _forced(record)
-                cells += [f"{record['layers'][layer]['test_top1']:.2f}{mark}" if layer in record["layers"] else ""
+                mark = FORCED_MARK if any(r.get("forced_test_selection") for r in seeds) else ""
+                cells += [mean_std(layer_values(seeds, layer), mark) if layer_values(seeds, layer) else ""
                           for layer in layers]
-                best_layer, best = best_linear(record)
-                cells.append(f"{best:.2f}{mark}")
+                _, best = best_layer_values(seeds)
+                cells.append(mean_std(best, mark))
                 base = baseline_record(row, rows, LINEAR)
                 if base is None:
                     cells.append("")
                 else:
-                    cells.append(f"{best - best_linear(base[1])[1]:+.2f} (vs {base[0].label})")
+                    base_seeds = base[0].records[LINEAR]
+                    compared = delta_text(best, best_layer_values(base_seeds)[1], test_images(seeds[0]),
+                                          test_images(base_seeds[0]))
+                    cells.append(f"{compared}; vs {base[0].label})")
         for kind, name in columns:
             found = [r for r in row.records.get(kind, []) if name is None or data_name(r) == name]
             cells.append(protocol_cell(kind, found) if found else "")
@@ -265,12 +340,13 @@ def per_layer_table(rows: Sequence[Row], kind: str, metric: str) -> list[str]:
 
 def class_tables(rows: Sequence[Row], kind: str) -> list[tuple[str, list[str]]]:
     """(data set, table of test AP per class) for every data set a VOC protocol (SVM, detection) ran on,
-    with each mAP's difference from the matching random row's mAP on the same data."""
+    with each mAP's difference from the matching random row's mAP on the same data (seed by seed), and,
+    for several seeds, a row of means whose difference is tested as SIGNIFICANCE_NOTE states."""
     tables: dict[str, list[str]] = {}
     for row in rows:
         for record in row.records.get(kind, []):
-            several = sum(data_name(r) == data_name(record) for r in row.records[kind]) > 1
-            seed = seed_of(record) if several else None
+            group = [r for r in row.records[kind] if data_name(r) == data_name(record)]
+            seed = seed_of(record) if len(group) > 1 else None
             base = baseline_record(row, rows, kind, data_name(record), seed)
             for layer, entry in record["layers"].items():
                 classes = list(entry["test_AP"])
@@ -280,12 +356,39 @@ def class_tables(rows: Sequence[Row], kind: str) -> list[tuple[str, list[str]]]:
                 delta = ""
                 base_entry = base[1]["layers"].get(layer) if base else None
                 if base_entry and entry["test_mAP"] is not None and base_entry["test_mAP"] is not None:
-                    delta = f"{entry['test_mAP'] - base_entry['test_mAP']:+.2f} (vs {base[0].label})"
+                    delta = f"{delta_text([entry['test_mAP']], [base_entry['test_mAP']])}; vs {base[0].label})"
                 shown = layer if seed is None else f"{layer}, seed {seed}"
                 lines.append(f"| {row.label} | {shown} | " + " | ".join(_number(entry["test_AP"].get(c)) for c in classes)
                              + f" | {_number(entry['test_mAP'])}{_forced(record)} | {_number(entry.get('test_mAP_area'))} "
                              f"| {delta} |")
+                if len(group) > 1 and record is group[-1]:
+                    lines.append(seed_mean_row(row, rows, kind, group, layer, classes))
     return list(tables.items())
+
+
+def seed_mean_row(row: Row, rows: Sequence[Row], kind: str, group: Sequence[dict[str, Any]], layer: str,
+                  classes: Sequence[str]) -> str:
+    """A class-table row of means over a method's seeds on one data set, with Δ mAP against every seed
+    of the matching random row on that data."""
+    def values(records: Iterable[dict[str, Any]], key: str, name: str | None = None) -> list[float]:
+        entries = [r["layers"].get(layer) or {} for r in records]
+        found = [(e.get(key) or {}).get(name) if name else e.get(key) for e in entries]
+        return [v for v in found if v is not None]
+
+    def mean(found: list[float]) -> str:
+        return f"{statistics.fmean(found):.2f}" if found else "n/a"
+
+    maps = values(group, "test_mAP")
+    delta = ""
+    base = baseline_record(row, rows, kind, data_name(group[0]))
+    if base and maps:
+        base_maps = values((r for r in base[0].records[kind] if data_name(r) == data_name(group[0])), "test_mAP")
+        if base_maps:
+            delta = f"{delta_text(maps, base_maps)}; vs {base[0].label})"
+    mark = FORCED_MARK if any(r.get("forced_test_selection") for r in group) else ""
+    return (f"| {row.label} | {layer}, mean of {len(group)} seeds | "
+            + " | ".join(mean(values(group, "test_AP", c)) for c in classes)
+            + f" | {mean_std(maps, mark) if maps else 'n/a'} | {mean(values(group, 'test_mAP_area'))} | {delta} |")
 
 
 def lowshot_table(rows: Sequence[Row], kind: str) -> list[str]:
@@ -389,14 +492,15 @@ def build_report(records: Sequence[dict[str, Any]], *, title: str, command: str,
         raise DataError("no evaluation records found (files written by ssl-probe, ssl-finetune or ssl-detect)")
     rows = build_rows(evaluations, pretrains, order)
     splits = sorted({f"{r.get('reported_split', 'test')}" for r in evaluations})
-    datasets = sorted({str(r.get("data")) for r in evaluations})
+    datasets = sorted({data_title(r) for r in evaluations})
     lines = [f"# {title}", "",
              f"Generated by `{command}` from {len(evaluations)} evaluation records"
              + (f" and {len(pretrains)} pretraining summaries" if pretrains else "") + "; do not edit by hand.",
              *([description] if description else []),
-             f"Data: {', '.join(datasets)}. Values are percent on the **{'/'.join(splits)}** split; epochs, k and "
+             f"Data: {'; '.join(datasets)}. Values are percent on the **{'/'.join(splits)}** split; epochs, k and "
              "costs were chosen on val (SVM: cross-validation on trainval). Δ = best layer minus the best layer of "
-             "the random encoder of the same architecture and probe size, fed the same input (RGB when none matches)."]
+             "the random encoder of the same architecture and probe size, fed the same input (RGB when none matches).",
+             SIGNIFICANCE_NOTE]
     if any(r.get("forced_test_selection") for r in evaluations):
         lines.append(f"{FORCED_MARK} selected on the **test** split (forced by the user): not a fair comparison.")
     lines += ["", *main_table(rows, published)]
