@@ -140,10 +140,12 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 
 # Fields a resumed run may change without --accept-config-changes: they say how long to train, where and
-# how often to write, and how many loader processes to use, none of which changes what a step computes.
+# how often to write, and how many loader processes to use. None changes what the steps already taken
+# computed; the budgets (train.epochs, train.max_steps, train.max_minutes) refit the lr schedule from the
+# resumed step on, which is how a run that ended by its budget is extended.
 RESUMABLE_CHANGES = frozenset({
-    "train.epochs", "train.resume", "train.accept_config_changes", "train.out", "train.checkpoint_every",
-    "train.log_every", "data.workers", "data.data_root",
+    "train.epochs", "train.max_steps", "train.max_minutes", "train.resume", "train.accept_config_changes",
+    "train.out", "train.checkpoint_every", "train.log_every", "data.workers", "data.data_root",
 })
 # Fields no resumed run may change: the checkpoint's weights, heads and epoch position depend on them.
 FIXED_ON_RESUME = ("task", "model.", "pretext.", "train.batch_size")
@@ -252,6 +254,11 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     epochs: int = option(4, min=1)
+    max_steps: int = option(0, "step budget: end the run after this many optimiser steps in all if that comes "
+                               "before the epochs; the lr schedule ends there (0 = none)", min=0)
+    max_minutes: float = option(0.0, "time budget: end the run after this many minutes of training in all "
+                                     "(resumes included) if that comes first; the lr schedule follows the time "
+                                     "spent, so runs are not exactly reproducible (0 = none)", min=0.0)
     batch_size: int = option(64, "images per step summed over all processes", min=1)
     precision: str = option("auto", "auto = bf16 autocast on CUDA, fp32 on CPU", choices=("auto", "fp32", "bf16"))
     device: str = option("auto", choices=("auto", "cpu", "cuda"))

@@ -11,6 +11,12 @@ scalar metrics, and may offer:
 
 A kNN monitor (``selfsup.probes.knn.KnnMonitor``, built by the caller from the encoder and the
 task's input mapping) may measure the encoder every ``train.knn_every`` epochs.
+
+A run ends at whichever of its budgets ends first: ``train.epochs``, ``train.max_steps`` (optimiser steps
+in all) or ``train.max_minutes`` (the run's wall time in all, resumes included, as in the summary's
+``wall_time_s``: epoch passes and the kNN monitor count). Budgets are checked after every step, so a time
+budget overshoots by at most one step (or one epoch's end); the lr schedule is fitted to them (see
+``selfsup.optim.lr_factor``), and the checkpoint and summary say which one ended the run (``ended_by``).
 """
 
 from __future__ import annotations
@@ -47,6 +53,9 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "last.pt"
 SUMMARY_NAME = "summary.json"
+
+# The run's clock, looked up at every call: tests drive time budgets through it without waiting.
+clock = time.perf_counter
 
 
 def autocast_context(precision: str, device: torch.device):
@@ -214,7 +223,13 @@ class Trainer:
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.total_steps = self.steps_per_epoch * train_cfg.epochs
         self.optimizer = build_optimizer(self.model, optim_cfg)
-        self.scheduler = build_scheduler(self.optimizer, optim_cfg, self.steps_per_epoch, train_cfg.epochs)
+        self.elapsed_before = 0.0
+        self.step_elapsed = 0.0  # the run's seconds after its latest step: the time budget's measure
+        self.ended_by: str | None = None
+        self.scheduler = build_scheduler(
+            self.optimizer, optim_cfg, self.steps_per_epoch, train_cfg.epochs, max_steps=train_cfg.max_steps,
+            time_progress=self._time_progress if train_cfg.max_minutes else None,
+        )
         self.grad_clip = optim_cfg.grad_clip
         self.trainable = (
             DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -227,7 +242,6 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.bad_files = BadFileLog()
         self.meter = EpochMeter()
-        self.elapsed_before = 0.0
         self.images_seen = 0
         self.writer = None
         self.epoch_metrics: dict[str, float] = {}
@@ -247,10 +261,12 @@ class Trainer:
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
             "epochs": self.cfg.epochs,
+            "budget": self._budget(),
+            "ended_by": self.ended_by,
             "history": self.history,
             "meter": self.meter.state(),
             "bad_files": sorted(self.bad_files.messages),
-            "elapsed_s": self.elapsed_before + (time.perf_counter() - self._started),
+            "elapsed_s": self._elapsed(),
             "images_seen": self.images_seen,
             "epoch_metrics": self.epoch_metrics,
             "rng": rng_state(),
@@ -312,7 +328,7 @@ class Trainer:
         self.history = state["history"]
         self.meter.load(state["meter"])
         self.bad_files.messages = set(state["bad_files"])
-        self.elapsed_before = state["elapsed_s"]
+        self.elapsed_before = self.step_elapsed = state["elapsed_s"]
         self.images_seen = state["images_seen"]
         self.epoch_metrics = state.get("epoch_metrics", {})
         set_rng_state(state["rng"])
@@ -328,6 +344,39 @@ class Trainer:
             group.update(fresh)
             group["lr"] = fresh["initial_lr"] * factor
         self.scheduler.base_lrs = [fresh["initial_lr"] for fresh in fresh_groups]
+
+    # ---------------------------------------------------------------- budgets
+    def _budget(self) -> dict[str, Any]:
+        return {"epochs": self.cfg.epochs, "max_steps": self.cfg.max_steps, "max_minutes": self.cfg.max_minutes}
+
+    def _elapsed(self) -> float:
+        """Seconds of this run, over all its sessions (a checkpoint carries the earlier ones as ``elapsed_s``)."""
+        return self.elapsed_before + clock() - self._started
+
+    def _shared_elapsed(self) -> float:
+        """``_elapsed`` as rank 0 measures it: under a time budget every process must take the same lr and
+        stop after the same step, whatever its own clock says."""
+        elapsed = self._elapsed()
+        if self.dist.enabled and self.cfg.max_minutes:
+            box = torch.tensor([elapsed], dtype=torch.float64, device=self.device)
+            dist.broadcast(box, src=0)
+            elapsed = float(box)
+        return elapsed
+
+    def _time_progress(self) -> float:
+        """The fraction of the time budget spent at the latest step, for the lr schedule."""
+        return self.step_elapsed / (60.0 * self.cfg.max_minutes)
+
+    def _budget_ended(self, elapsed: float) -> str | None:
+        """The budget that ends the run at this step after ``elapsed`` seconds, or None. The epochs are
+        named first, then the step budget, then the time: a budget is named only when it cut the run short."""
+        if self.global_step >= self.total_steps:
+            return "epochs"
+        if self.cfg.max_steps and self.global_step >= self.cfg.max_steps:
+            return "max_steps"
+        if self.cfg.max_minutes and elapsed >= 60.0 * self.cfg.max_minutes:
+            return "max_minutes"
+        return None
 
     # ---------------------------------------------------------------- logging
     def _open_writer(self) -> None:
@@ -401,6 +450,8 @@ class Trainer:
                 f"optim.grad_clip; {self._kept_text()}"
             )
         self.optimizer.step()
+        # before the schedule moves on: the next lr and the decision to stop see the same time
+        self.step_elapsed = self._shared_elapsed()
         self.scheduler.step()
         return {name: value.detach() for name, value in outputs.items()}
 
@@ -412,7 +463,7 @@ class Trainer:
                 dist.broadcast(buffer, src=0)
 
     def fit(self) -> dict[str, Any]:
-        self._started = time.perf_counter()
+        self._started = clock()
         if self.cfg.resume:
             self.resume()
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -420,7 +471,9 @@ class Trainer:
         interactive = sys.stderr.isatty()
         run_start_step = self.global_step
         relabel = getattr(self.model, "batch_labels", None)
-        while self.epoch < self.cfg.epochs:
+        # a resumed run may have nothing left: its epochs done or its budget spent
+        self.ended_by = self._budget_ended(self.step_elapsed)
+        while self.ended_by is None:
             plan = self._prepare_epoch()
             self.sampler.set_epoch(self.epoch, self.step_in_epoch, plan.order)
             self.model.train()
@@ -437,7 +490,11 @@ class Trainer:
                 self._run_epoch(bar, relabel)
             finally:
                 bar.close()
-            self._end_epoch()
+            if self.step_in_epoch == self.steps_per_epoch:
+                self._end_epoch()
+            else:  # a budget ended the run inside the epoch: checkpoint its position, as mid-epoch saves do
+                self._sync_buffers()
+                self._save_checkpoint()
         if self.writer is not None:
             self.writer.close()
         summary = self._summary(run_start_step)
@@ -448,7 +505,7 @@ class Trainer:
 
     def _run_epoch(self, bar: tqdm, relabel: Callable | None) -> None:
         """The rest of the current epoch's steps, with progress, logs and mid-epoch checkpoints."""
-        window_start, window_images = time.perf_counter(), 0
+        window_start, window_images = clock(), 0
         for batch in self.loader:
             self.bad_files.add(batch.bad_files)
             if len(batch.images) == 0:  # replace_bad found no readable image in the whole source
@@ -469,14 +526,13 @@ class Trainer:
             self.step_in_epoch += 1
             self.images_seen += count
             window_images += count
-            now = time.perf_counter()
+            now = clock()
             rate = window_images / max(now - window_start, 1e-9)
-            remaining = self.total_steps - self.global_step
             bar.set_postfix(
                 loss=f"{float(outputs['loss']):.3f}",
                 **{k: f"{float(v):.3f}" for k, v in outputs.items() if k != "loss"},
                 img_s=f"{rate:.0f}",
-                eta=_format_seconds(remaining * self.cfg.batch_size / max(rate, 1e-9)),
+                eta=_format_seconds(self._seconds_left(rate)),
                 refresh=False,
             )
             bar.update(1)
@@ -486,6 +542,9 @@ class Trainer:
                 self.writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.global_step)
                 self.writer.add_scalar("train/images_per_s", rate, self.global_step)
                 window_start, window_images = now, 0
+            self.ended_by = self._budget_ended(self.step_elapsed)
+            if self.ended_by is not None:
+                break
             if (
                 self.cfg.checkpoint_every
                 and self.global_step % self.cfg.checkpoint_every == 0
@@ -493,21 +552,29 @@ class Trainer:
             ):
                 self._save_checkpoint()
 
+    def _seconds_left(self, rate: float) -> float:
+        """Until the first budget ends, at ``rate`` images/s."""
+        steps = min(self.total_steps, self.cfg.max_steps or self.total_steps) - self.global_step
+        seconds = steps * self.cfg.batch_size / max(rate, 1e-9)
+        if self.cfg.max_minutes:
+            seconds = min(seconds, 60.0 * self.cfg.max_minutes - self.step_elapsed)
+        return max(seconds, 0.0)
+
     def _knn_due(self) -> bool:
         every = self.cfg.knn_every
         done = self.epoch + 1
-        return every > 0 and (done % every == 0 or done == self.cfg.epochs)
+        return every > 0 and (done % every == 0 or done == self.cfg.epochs or self.ended_by is not None)
 
     def _run_knn_monitor(self, monitor: KnnMonitor) -> tuple[dict[str, float], float]:
         """kNN val accuracy of the encoder and the seconds it took. Rank 0 alone computes it (a few
         thousand images: sharding would save little) while the others wait for its result."""
         result: tuple[dict[str, float], float] = ({}, 0.0)
         if self.dist.is_main:
-            started = time.perf_counter()
+            started = clock()
             scores = monitor.evaluate(
                 self.device, lambda: autocast_context(self.cfg.precision, self.device), self.bad_files.add
             )
-            result = ({"knn_top1": scores["top1"], "knn_top5": scores["top5"]}, time.perf_counter() - started)
+            result = ({"knn_top1": scores["top1"], "knn_top5": scores["top5"]}, clock() - started)
         if self.dist.enabled:
             box = [result]
             dist.broadcast_object_list(box, src=0)
@@ -519,7 +586,7 @@ class Trainer:
         knn, knn_seconds = {}, 0.0
         if self.knn_monitor is not None and self._knn_due():
             knn, knn_seconds = self._run_knn_monitor(self.knn_monitor)
-        elapsed = self.elapsed_before + time.perf_counter() - self._started
+        elapsed = self._elapsed()
         entry = {"epoch": self.epoch + 1, "step": self.global_step, **averages, **self.epoch_metrics, **knn,
                  "elapsed_s": round(elapsed, 1)}
         self.history.append(entry)
@@ -538,15 +605,22 @@ class Trainer:
         self.step_in_epoch = 0
         self.meter = EpochMeter()
         self._sync_buffers()
+        if self.ended_by is None:  # the epoch's end (a kNN pass) may have used up the time budget
+            self.ended_by = self._budget_ended(self._shared_elapsed())
         self._save_checkpoint()
 
     def _summary(self, run_start_step: int) -> dict[str, Any]:
-        elapsed = self.elapsed_before + time.perf_counter() - self._started
+        elapsed = self._elapsed()
         final = self.history[-1] if self.history else {}
+        if self.step_in_epoch:  # a budget ended the run inside an epoch: that epoch's averages so far
+            final = {"epoch": self.epoch + 1, "step": self.global_step, "steps_in_epoch": self.step_in_epoch,
+                     "partial": True, **self.meter.averages(), **self.epoch_metrics}
         return {
             **{k: v for k, v in self.record.items()},
             "checkpoint": str(self.checkpoint_path),
             "epochs": self.cfg.epochs,
+            "budget": self._budget(),
+            "ended_by": self.ended_by,
             "steps": self.global_step,
             "final": final,
             "history": self.history,

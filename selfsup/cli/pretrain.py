@@ -50,6 +50,12 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "--image-size": ("data.image_size", int, "training crop size in pixels"),
     "--workers": ("data.workers", int, "data loading worker processes"),
     "--epochs": ("train.epochs", int, "number of epochs"),
+    "--max-steps": ("train.max_steps", int, "step budget: stop after this many steps in all if that comes before "
+                                            "the epochs, with the lr schedule ended there; reproducible (0 = none)"),
+    "--max-minutes": ("train.max_minutes", float,
+                      "time budget: stop after this many minutes in all (resumes included) if that comes first, "
+                      "the lr schedule following the time spent; NOT exactly reproducible: where it stops and the "
+                      "lr at each step depend on the machine's speed (0 = none)"),
     "--batch-size": ("train.batch_size", int, "images per step over all processes"),
     "--lr": ("optim.lr", float, "peak learning rate"),
     "--precision": ("train.precision", str, "auto, fp32 or bf16"),
@@ -221,10 +227,15 @@ def print_summary(summary: dict[str, Any], metric: str) -> None:
         f"== ssl-pretrain finished: {summary['task']['name']} on {summary['encoder']['arch']} ==",
         f"data            {summary['data']['source']}",
         f"epochs / steps  {summary['epochs']} / {summary['steps']}",
+        f"ended by        {ended_text(summary)}",
         f"final loss      {final.get('loss', float('nan')):.4f}",
     ]
     if metric in final:
-        lines.append(f"final {metric:<10}{final[metric]:.4f}  (last epoch, training batches)")
+        seen = "last epoch"
+        if final.get("partial"):
+            steps = final["steps_in_epoch"]
+            seen = f"epoch {final['epoch']}'s first {steps} step{'s' * (steps != 1)}"
+        lines.append(f"final {metric:<10}{final[metric]:.4f}  ({seen}, training batches)")
     if "knn_top1" in final:
         lines.append(f"final kNN       top-1 {final['knn_top1']:.2f}%  top-5 {final['knn_top5']:.2f}%  (val split)")
     lines += [
@@ -237,6 +248,17 @@ def print_summary(summary: dict[str, Any], metric: str) -> None:
         f"next            ssl-probe --checkpoint {summary['checkpoint']} --freeze all",
     ]
     print("\n".join(lines))
+
+
+def ended_text(summary: dict[str, Any]) -> str:
+    """What ended the run, and its budgets: ``max_steps at step 8 (budgets: 2 epochs, 8 steps)``."""
+    budget = summary["budget"]
+    budgets = [f"{budget['epochs']} epochs"]
+    if budget["max_steps"]:
+        budgets.append(f"{budget['max_steps']} steps")
+    if budget["max_minutes"]:
+        budgets.append(f"{budget['max_minutes']:g} minutes")
+    return f"{summary['ended_by']} at step {summary['steps']} (budgets: {', '.join(budgets)})"
 
 
 def ignored_text(ignored: dict[str, int]) -> str:
