@@ -83,6 +83,8 @@ def test_low_shot_probe_reports_mean_and_std_over_draws(tiny_checkpoint, tmp_pat
                        "--epochs", "2", "--workers", "0", "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     assert record["kind"] == "lowshot_linear" and record["selection_split"] == "val"
+    # no quick probe on the train split's labels to choose BatchNorm statistics: re-estimated, label-free
+    assert record["protocol"]["bn_stats"]["used"] == "train" and "low-shot" in record["protocol"]["bn_stats"]["reason"]
     by_k = record["layers"]["conv3"]
     assert set(by_k) >= {"1", "4"} and by_k["1"]["images"] == 3 and by_k["4"]["images"] == 12
     for entry in (by_k["1"], by_k["4"]):

@@ -5,8 +5,10 @@
     ssl-finetune --checkpoint runs/rotation/last.pt --data demo-voc --freeze conv5   # VOC "fc6-8"
     ssl-finetune --checkpoint random                                   # the random-initialisation row
 
-The task's input mapping (L only for colorization, Sobel for DeepCluster) stays in front of the
-encoder. Training: 8 epochs (30 on VOC), batch 64, random-resized crops (50-100% of the area) and
+The task's evaluation input mapping (L only for colorization, Sobel for DeepCluster, one colour
+channel for context with dropped colours) stays in front of the encoder, images are fed at the scale
+the task trained the encoder at (--image-size overrides), and the encoder's BatchNorm statistics are
+re-estimated on the train split first (--bn-stats train, the default): frozen stages keep them. Training: 8 epochs (30 on VOC), batch 64, random-resized crops (50-100% of the area) and
 flips, bf16 autocast; SGD with lr 0.02, momentum 0.9, weight decay 5e-4 (none on biases and
 BatchNorms), one epoch of linear warm-up then a cosine decay to zero.
 After every epoch the selection split (val) is scored and the best epoch's weights are kept in
@@ -53,6 +55,7 @@ from selfsup.probes.finetune import (
     trained_from,
 )
 from selfsup.models.base import check_input_size, freeze_layers
+from selfsup.probes.bn import loader_images, named_batchnorms, reestimate_bn_statistics
 from selfsup.probes.frozen import FrozenEncoder, load_frozen
 from selfsup.probes.records import SELECTION_SPLITS, check_selection, finish_record, new_record, write_record
 
@@ -85,7 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--hidden", type=int, default=None,
                         help="fc6/fc7 width of the AlexNet head (default: 4096 from 160 px, 1024 from 96 px, else 512)")
     parser.add_argument("--image-size", type=int, default=None,
-                        help="input size (default: the checkpoint's training crop size; the demo preset's for random)")
+                        help="input size (default: the scale the checkpoint's task trained its encoder at, i.e. its "
+                             "eval_image_size of the training crop size; the demo preset's for random)")
+    parser.add_argument("--bn-stats", default="train", choices=("train", "checkpoint"),
+                        help="BatchNorm statistics to start from, and to keep in frozen stages: re-estimated on the "
+                             "train split's images (default) or the checkpoint's (ssl-probe's auto would fine-tune "
+                             "twice)")
     parser.add_argument("--eval-crop", type=finite_float, default=None,
                         help="central fraction of the short side kept at evaluation (default 1.0 below 96 px, else 0.875)")
     parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "auto"),
@@ -208,6 +216,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           f"freeze {args.freeze} (trained: {column}, {trainable:,} parameters); {objective.kind} on "
           f"{sources['train'].describe()}; {epochs} epochs, batch {args.batch_size}, lr {args.lr:g} {args.schedule}, "
           f"{args.precision}", file=sys.stderr)
+    bad = BadFileLog()
+    # frozen stages normalise with these statistics throughout; trained ones start from them
+    bn_stats = {"option": args.bn_stats, "used": args.bn_stats, "reason": "--bn-stats"}
+    if not named_batchnorms(encoder):
+        bn_stats.update(used="checkpoint", reason="the encoder has no BatchNorm")
+    elif args.bn_stats == "train":
+        images = loader_images(eval_loader(sources["train"], eval_view, batch_size=EVAL_BATCH, workers=args.workers),
+                               bad.add)
+        if reestimate_bn_statistics(encoder, frozen.input_fn, images, device) == 0:
+            raise DataError(f"no readable image in {sources['train'].describe()} to re-estimate BatchNorm "
+                            "statistics on")
 
     record = new_record(
         "finetune",
@@ -230,11 +249,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "precision": args.precision,
             "selection_metric": f"{args.selection_split} {objective.metric}",
             "seed": args.seed,
+            # the input size, and whether the checkpoint's task scale or --image-size chose it
+            "probe_image_size": frozen.image_size,
+            "probe_image_size_source": frozen.image_size_source,
+            "bn_stats": bn_stats,
         },
         selection_split=args.selection_split,
         force_test_selection=args.force_test_selection,
     )
-    bad = BadFileLog()
     best, history = fit(model, loaders["train"], loaders[args.selection_split], args.selection_split, objective,
                         optimizer, scheduler, epochs, device, args.precision, bad.add)
     model.load_state_dict(best.state)

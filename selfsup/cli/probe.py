@@ -11,6 +11,12 @@
 
 Every choice (probe epoch, kNN k, SVM cost) is made on val (SVM: cross-validation on trainval);
 test is evaluated once with the chosen model. Each run writes a JSON record that `ssl-report` reads.
+
+The encoder is fed what its training fed it: whole images at the scale its task declares (the
+training crop size for every built-in task; --image-size overrides), through the task's evaluation
+input mapping (L, Sobel, one colour channel for context with dropped colours), and, with --bn-stats
+train or auto (the default), BatchNorm statistics re-estimated on the probe's train split; the record's
+protocol says which size and which statistics were used, and why.
 """
 
 from __future__ import annotations
@@ -32,17 +38,21 @@ from selfsup.cli.common import (
 )
 from selfsup.config import DataConfig, ModelConfig
 from selfsup.data.loading import BadFileLog, CenterCrop, EpochBatchSampler, RandomCrop, eval_loader, train_loader
-from selfsup.data.sources import DataError, ImageSource, open_splits
+from selfsup.data.sources import DataError, ImageSource, IndexedSource, open_splits
 from selfsup.distributed import pick_device
 from selfsup.errors import ConfigError
 from selfsup.models import ARCHS
 from selfsup.models.base import check_input_size
 from selfsup.outputs import check_output_dir, check_output_file
+from selfsup.probes.bn import (
+    BN_STATS, Statistics, bn_statistics, load_bn_statistics, loader_images, named_batchnorms, reestimate_bn_statistics,
+)
 from selfsup.probes.frozen import FrozenEncoder, load_frozen
 from selfsup.probes.linear import (
     PROTOCOLS,
     FeatureSet,
     LinearHeads,
+    ProbeProtocol,
     cached_batches,
     evaluate,
     extract_features,
@@ -57,6 +67,9 @@ from selfsup.pretext import TASKS
 METHODS = ("linear", "knn", "svm")
 KNN_KS = (10, 20, 50, 100, 200)
 KNN_TEMPERATURE = 0.07
+# --bn-stats auto chooses on a quick linear probe, not on the full one run twice: images per split and epochs
+AUTO_IMAGES = 5000
+AUTO_EPOCHS = 10
 
 
 def float_list(text: str) -> list[float]:
@@ -110,8 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-like", default="rotation", choices=sorted(TASKS),
                         help="for --checkpoint random: feed the encoder as this task does (e.g. colorization: L only)")
     parser.add_argument("--image-size", type=int, default=None,
-                        help=f"probe input size (default: the checkpoint's training crop size; {DataConfig.image_size} "
-                             "for --checkpoint random); set it to compare encoders trained at different sizes")
+                        help=f"probe input size (default: the scale the checkpoint's task trained its encoder at, i.e. "
+                             f"its eval_image_size of the training crop size; {DataConfig.image_size} for --checkpoint "
+                             "random); the record says which size was used and why")
+    parser.add_argument("--bn-stats", default="auto", choices=BN_STATS,
+                        help="BatchNorm statistics of the frozen encoder: re-estimated on the probe's train split "
+                             "(train), the checkpoint's, or auto: the better of the two on a quick linear probe "
+                             f"scored on the selection split (up to {AUTO_IMAGES} images of each split, "
+                             f"{AUTO_EPOCHS} epochs); auto is train for svm (no val split) and low-shot probes "
+                             "(the quick probe would use more labels than the shots)")
     parser.add_argument("--eval-crop", type=finite_float, default=None,
                         help="central fraction of the short side kept at evaluation (default 1.0 below 96 px, else 0.875)")
     parser.add_argument("--workers", type=int, default=1)
@@ -224,11 +244,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for pool in pools.values():
         pool.to(device)
     eval_crop = (1.0 if frozen.image_size < 96 else 0.875) if args.eval_crop is None else args.eval_crop
-    context = ProbeContext(args, frozen, device, pools, CenterCrop(frozen.image_size, eval_crop), BadFileLog())
+    context = ProbeContext(args, frozen, device, pools, CenterCrop(frozen.image_size, eval_crop), BadFileLog(),
+                           {"checkpoint": bn_statistics(frozen.encoder)})
     if args.method == "svm":
         record = run_svm(context)
     else:
         record = run_classification(context, dims)
+    record["protocol"].update(probe_image_size=frozen.image_size, probe_image_size_source=frozen.image_size_source,
+                              bn_stats=context.bn_record)
     for layer, entry in record["layers"].items():
         entry.update(dims=dims[layer], pooling=pooling[layer])
         record["layers"][layer] = {"dims": entry.pop("dims"), "pooling": entry.pop("pooling"), **entry}
@@ -253,6 +276,47 @@ class ProbeContext:
     pools: dict
     eval_view: CenterCrop
     bad: BadFileLog
+    bn_states: dict[str, Statistics]  # "checkpoint" (and "train" once re-estimated) -> BatchNorm statistics
+    bn_record: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def use_bn_stats(self, which: str, train: ImageSource) -> None:
+        """Puts the checkpoint's BatchNorm statistics, or those re-estimated on ``train`` (computed once), in
+        the frozen encoder."""
+        encoder = self.frozen.encoder
+        if which in self.bn_states:
+            load_bn_statistics(encoder, self.bn_states[which])
+            return
+        loader = eval_loader(train, self.eval_view, batch_size=256, workers=self.args.workers)
+        images = loader_images(loader, self.bad.add)
+        print(f"ssl-probe: re-estimating BatchNorm statistics on {train.describe()}", file=sys.stderr)
+        if reestimate_bn_statistics(encoder, self.frozen.input_fn, images, self.device) == 0:
+            raise DataError("no readable image in the train split to re-estimate BatchNorm statistics on")
+        self.bn_states[which] = bn_statistics(encoder)
+
+    def set_bn_stats(self, train: ImageSource, quick: QuickProbe | None, why_no_quick_probe: str = "") -> None:
+        """Applies --bn-stats before any feature is computed and keeps what was done for the record.
+        ``auto`` chooses with ``quick``; where no quick probe is honest (``None``) it re-estimates: that
+        uses the train split's images, never its labels."""
+        option = self.args.bn_stats
+        if not named_batchnorms(self.frozen.encoder):
+            self.bn_record = {"option": option, "used": "checkpoint", "reason": "the encoder has no BatchNorm"}
+            return
+        if option != "auto":
+            self.use_bn_stats(option, train)
+            self.bn_record = {"option": option, "used": option, "reason": "--bn-stats"}
+            return
+        if quick is None:
+            self.use_bn_stats("train", train)
+            self.bn_record = {"option": option, "used": "train",
+                              "reason": f"{why_no_quick_probe}: re-estimated on the train split's images"}
+            return
+        scores, sizes = quick_bn_scores(self, train, quick)
+        # a tie keeps the checkpoint's statistics: re-estimation must earn its place
+        used = "train" if scores["train"] > scores["checkpoint"] else "checkpoint"
+        self.use_bn_stats(used, train)
+        self.bn_record = {"option": option, "used": used,
+                          "reason": f"higher best-layer {self.args.selection_split} top-1 of a quick linear probe",
+                          f"{self.args.selection_split}_top1": scores, "quick_probe": sizes}
 
     def features(self, source: ImageSource, split: str) -> FeatureSet:
         loader = eval_loader(source, self.eval_view, batch_size=256, workers=self.args.workers)
@@ -266,6 +330,60 @@ class ProbeContext:
                           pretraining={k: v for k, v in frozen.record.items() if k != "encoder"}, data=data,
                           splits=splits, protocol=protocol, selection_split=selection_split,
                           force_test_selection=self.args.force_test_selection)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuickProbe:
+    """What --bn-stats auto's quick linear probe needs besides the train split."""
+
+    select: ImageSource  # the selection split
+    num_classes: int
+    dims: dict[str, int]
+    protocol: ProbeProtocol
+
+
+def quick_bn_scores(context: ProbeContext, train: ImageSource,
+                    probe: QuickProbe) -> tuple[dict[str, float], dict[str, Any]]:
+    """Best-layer top-1 on (up to AUTO_IMAGES of) the selection split of linear heads trained for up to
+    AUTO_EPOCHS on (up to AUTO_IMAGES of) ``train``, with the checkpoint's and with re-estimated BatchNorm
+    statistics.
+
+    The full probe run twice would double its cost; this one costs a re-estimation pass over the train
+    split (needed by ``train`` anyway) and features of at most 2 x AUTO_IMAGES images per choice. Its random
+    draws are made on forked generators, so the probe that follows is the one ``--bn-stats <chosen>`` runs.
+    """
+    args, device = context.args, context.device
+    rng = np.random.default_rng(args.seed)
+
+    def part(source: ImageSource, name: str) -> ImageSource:
+        if len(source) <= AUTO_IMAGES:
+            return source
+        return IndexedSource(source, np.sort(rng.choice(len(source), AUTO_IMAGES, replace=False)), f"{name} sample")
+
+    quick_train, quick_select = part(train, "train"), part(probe.select, args.selection_split)
+    protocol = probe.protocol
+    epochs = min(protocol.epochs, AUTO_EPOCHS)
+    # kNN accepts a train split smaller than a probe batch: the quick probe then takes it in one batch
+    milestones = tuple(max(1, round(m * epochs / protocol.epochs)) for m in protocol.milestones)
+    quick = dataclasses.replace(protocol, epochs=epochs, batch_size=min(protocol.batch_size, len(quick_train)),
+                                milestones=milestones)
+    if quick.batch_size < 2:
+        raise DataError(f"--bn-stats auto needs at least two train images; {train.describe()} has fewer")
+    steps = len(quick_train) // quick.batch_size
+    scores = {}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for which in ("checkpoint", "train"):
+            context.use_bn_stats(which, train)
+            fit_set = context.features(quick_train, f"train ({which} BatchNorm statistics)")
+            score_set = context.features(quick_select, f"{args.selection_split} ({which} BatchNorm statistics)")
+            heads = LinearHeads(context.pools, probe.dims, probe.num_classes).to(device)
+            best, _ = train_heads(heads, cached_batches(fit_set.features, fit_set.labels, quick.batch_size, device,
+                                                        shuffle_seed=args.seed),
+                                  cached_batches(score_set.features, score_set.labels, 256, device), quick, steps)
+            scores[which] = round(max(entry["top1"] for entry in best.values()), 2)
+    print(f"ssl-probe: --bn-stats auto: best-layer {args.selection_split} top-1 {scores['checkpoint']} with the "
+          f"checkpoint's statistics, {scores['train']} re-estimated", file=sys.stderr)
+    return scores, {"train_images": len(quick_train), "selection_images": len(quick_select), "epochs": epochs}
 
 
 def run_classification(context: ProbeContext, dims: dict[str, int]) -> dict[str, Any]:
@@ -297,9 +415,13 @@ def run_classification(context: ProbeContext, dims: dict[str, int]) -> dict[str,
     if not cached and (kind != "linear_probe" or args.save_features is not None):
         raise ConfigError(f"{kind} needs the features in memory ({cache_gb:.1f} GiB): raise --max-cache-gb or probe "
                           "fewer layers (--freeze LAYER)")
-    print(f"ssl-probe: {kind} of {frozen.name} encoder {frozen.record['encoder']['arch']} at {frozen.image_size}px, "
-          f"layers {', '.join(dims)}; data {splits.train.describe()}; features "
+    print(f"ssl-probe: {kind} of {frozen.name} encoder {frozen.record['encoder']['arch']} at {frozen.image_size}px "
+          f"({frozen.image_size_source}), layers {', '.join(dims)}; data {splits.train.describe()}; features "
           f"{'cached in memory' if cached else 'streamed'} ({cache_gb:.2f} GiB if cached)", file=sys.stderr)
+    # a low-shot probe may use the labels of its shots only, and a quick probe would use many more
+    quick = None if kind == "lowshot_linear" else QuickProbe(getattr(splits, args.selection_split), num_classes, dims,
+                                                             protocol)
+    context.set_bn_stats(splits.train, quick, "low-shot: no quick probe on more labels than the shots")
 
     if not cached:
         return streamed_linear_probe(context, splits, dims, num_classes, protocol, split_info, data)
@@ -406,6 +528,7 @@ def run_svm(context: ProbeContext) -> dict[str, Any]:
     data = "demo-voc" if args.data is None else args.data
     root = resolve_voc_root("demo" if data in ("demo", "demo-voc") else data, args.data_root)
     trainval, test = open_voc(root, "trainval"), open_voc(root, "test")
+    context.set_bn_stats(trainval, None, "svm: no val split to choose on")
     classes = list(trainval.classes)
     costs = list(DEFAULT_COSTS) if args.svm_costs is None else args.svm_costs
     print(f"ssl-probe: {record_kind(args)} of {context.frozen.name} on {root} ({len(trainval)} trainval / "

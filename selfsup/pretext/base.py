@@ -62,14 +62,34 @@ class PretextTask(nn.Module):
     def check_image_size(cls, cfg, image_size: int) -> None:
         """Raises ConfigError when the task's geometry does not fit ``data.image_size`` crops."""
 
+    @classmethod
+    def content_scale(cls, cfg) -> float:
+        """Pixels per unit of image content in what the encoder was fed, relative to the ``data.image_size``
+        crop it was cut from. Evaluation feeds whole images at ``content_scale * data.image_size`` px so that
+        objects span as many pixels as in training: 1.0 for tasks that feed the crop, or unresized pieces of
+        it, to the encoder; a task that resizes what it feeds declares its factor."""
+        return 1.0
+
+    @classmethod
+    def eval_image_size(cls, cfg, image_size: int) -> int:
+        """The input size at which probes and fine-tuning feed whole images to an encoder trained by this
+        task on ``image_size`` crops (see :meth:`content_scale`)."""
+        return max(1, round(cls.content_scale(cfg) * image_size))
+
     def __init__(self, encoder: Encoder, cfg) -> None:
         super().__init__()
         self.encoder = encoder
         self.cfg = cfg
 
     def encoder_input(self, images: Tensor) -> Tensor:
-        """What the encoder sees for plain [0, 1] RGB images; probes use the same mapping."""
+        """What the encoder sees for plain [0, 1] RGB images during training."""
         return normalize_rgb(images)
+
+    def eval_input(self, images: Tensor) -> Tensor:
+        """What probes and fine-tuning feed the encoder for plain [0, 1] RGB images: ``encoder_input``,
+        unless training altered the mapped inputs further (e.g. dropped colour channels), in which case
+        the task maps whole images to what its encoder saw."""
+        return self.encoder_input(images)
 
     def example_images(self, images: Tensor, generator: torch.Generator | None = None) -> Examples:
         """What the network is fed and asked for a few of ``images`` ([0, 1] RGB), for TensorBoard

@@ -19,6 +19,14 @@ pixels beyond the arrangement become a random offset of the whole arrangement pe
 The shortcuts the paper found (chromatic aberration, pixel-level statistics, edge continuity) are
 guarded against by default: gap and jitter, colour dropping or green-magenta projection, random
 down-and-up sampling, and per-patch per-channel normalisation, all batched on the device.
+
+Evaluation (probes, fine-tuning) feeds whole images as the trunk saw patches: standardised per channel,
+at the crop's pixel density (patches are cut unresized). With colour dropping the trunk never saw two
+real channels at once, only one channel (a random one per patch) beside two almost flat ones, so
+whole images are fed the same way: the green channel kept (the brightest-weighted one; each channel
+was kept a third of the time) and the other two set to the noise's mean, without the noise. The
+remaining mismatch of BatchNorm statistics (whole images vs small patches) is left to the probes'
+re-estimation (``ssl-probe --bn-stats``).
 """
 
 from __future__ import annotations
@@ -46,6 +54,8 @@ MIN_PATCH = 8
 # Variance floor of per-patch normalisation (std 0.01 of the [0, 1] range, ~2.5 grey levels), so
 # flat patches are not blown up into amplified quantisation noise.
 PATCH_NORM_EPS = 1e-4
+# The channel that evaluation keeps under colour dropping (see the module docstring): green.
+EVAL_KEPT_CHANNEL = 1
 # Chromatic aberration shifts green against magenta; the paper projects this axis out.
 GREEN_MAGENTA = (-1 / math.sqrt(6), 2 / math.sqrt(6), -1 / math.sqrt(6))
 
@@ -256,9 +266,24 @@ class ContextTask(PretextTask):
         )
         self.fc8 = nn.Linear(cfg.fc7_dim, NUM_POSITIONS)
 
+    @classmethod
+    def content_scale(cls, cfg: ContextConfig) -> float:
+        # Patches are cut from the crop unresized, and down-and-up sampling returns them at their own side:
+        # the trunk saw content at the crop's pixel density, so whole images are probed at the crop size.
+        return 1.0
+
     def encoder_input(self, images: Tensor) -> Tensor:
-        # Probes see whole images the way training saw patches: standardised per channel.
+        # Whole images get what patches got: standardised per channel.
         return normalize_per_patch(images) if self.cfg.patch_norm else normalize_rgb(images)
+
+    def eval_input(self, images: Tensor) -> Tensor:
+        """Whole images as the trunk saw patches; under colour dropping one channel, as in drop_colors."""
+        mapped = self.encoder_input(images)
+        if self.cfg.color_mode != "drop":
+            return mapped
+        kept = mapped[:, EVAL_KEPT_CHANNEL : EVAL_KEPT_CHANNEL + 1]
+        keep_mask = torch.arange(mapped.shape[1], device=mapped.device).view(1, -1, 1, 1) == EVAL_KEPT_CHANNEL
+        return torch.where(keep_mask, mapped, kept.mean(dim=(2, 3), keepdim=True).expand_as(mapped))
 
     def prepare_patches(self, patches: Tensor, generator: torch.Generator) -> Tensor:
         """The anti-shortcut pipeline from [0, 1] RGB patches to what the trunk is fed."""

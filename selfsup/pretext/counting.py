@@ -224,6 +224,13 @@ class CountingTask(PretextTask):
                 f"(2x2 tiles of at least {MIN_TILE} px, each the size of the image downsampled by two)"
             )
 
+    @classmethod
+    def content_scale(cls, cfg: CountingConfig) -> float:
+        # Four of every five views are tiles cut from the crop unresized (the crop's density); D x, at half
+        # that density, is trained to count like them, so the crop's density is inside what the encoder
+        # learned: whole images are probed at the training crop size (32 px crops: 16 px views, 32 px probe).
+        return 1.0
+
     def __init__(self, encoder: Encoder, cfg: CountingConfig) -> None:
         super().__init__(encoder, cfg)
         self.head = CountingHead(encoder.out_channels(encoder.layer_names[-1]), cfg.feature_dim, cfg.margin)

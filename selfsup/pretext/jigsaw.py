@@ -298,6 +298,13 @@ class JigsawTask(PretextTask):
                 f"(tile_fraction {cfg.tile_fraction:.3f} of a third of the crop); use data.image_size >= {smallest}"
             )
 
+    @classmethod
+    def content_scale(cls, cfg: JigsawConfig) -> float:
+        # Tiles are cut from the crop unresized (cut_tiles gathers crop pixels), so the trunk saw content at
+        # the crop's pixel density: whole images are probed at the training crop size, not at a tile's
+        # (e.g. 64 px for the 18 px tiles of 64 px crops of upscaled 32 px CIFAR images).
+        return 1.0
+
     def __init__(self, encoder: Encoder, cfg: JigsawConfig) -> None:
         super().__init__(encoder, cfg)
         perms = permutation_set(cfg.num_permutations, cfg.permutation_seed)

@@ -27,6 +27,8 @@ class FrozenEncoder:
     checkpoint: str
     record: dict[str, Any]
     task: PretextTask | None = None  # the checkpoint's whole task, heads included; None for "random"
+    # why ``image_size``: "--image-size", "checkpoint task scale" or "default" (a random encoder's)
+    image_size_source: str = "--image-size"
 
 
 def check_pretrain_record(state: dict[str, Any], checkpoint: str | Path) -> None:
@@ -91,9 +93,10 @@ def load_frozen(checkpoint: str, *, arch: str, width: float | None, image_size: 
                 input_task: str = "rotation", trust: bool = False) -> FrozenEncoder:
     """``checkpoint == "random"`` gives a randomly initialised ``arch`` fed as ``input_task`` feeds its
     encoder (RGB for most tasks, L for colorization), so that random rows compare like with like;
-    otherwise the checkpoint's own encoder and input mapping. ``image_size = None`` probes a
-    checkpoint at its training crop size and a random encoder at the demo preset's. ``trust`` is
-    :func:`selfsup.checkpoint.load_checkpoint`'s (``--trust-checkpoint``)."""
+    otherwise the checkpoint's own encoder and evaluation input mapping (the task's ``eval_input``).
+    ``image_size = None`` feeds a checkpoint's encoder whole images at the scale its task trained it on
+    (the task's ``eval_image_size`` of the checkpoint's crop size) and a random encoder at the demo
+    preset's size. ``trust`` is :func:`selfsup.checkpoint.load_checkpoint`'s (``--trust-checkpoint``)."""
     if checkpoint == "random":
         torch.manual_seed(seed)
         task_cls = TASKS[input_task]
@@ -101,14 +104,19 @@ def load_frozen(checkpoint: str, *, arch: str, width: float | None, image_size: 
         task_cfg = task_cls.fit_to_data(from_dict(task_cls.Config, {}), num_samples=1000)
         in_channels = task_cls.encoder_channels(task_cfg)
         encoder = build_encoder(arch, in_channels=in_channels, width=width)
-        input_fn = build_task(input_task, encoder, dataclasses.asdict(task_cfg), num_classes=1).encoder_input
+        input_fn = build_task(input_task, encoder, dataclasses.asdict(task_cfg), num_classes=1).eval_input
         record = {"encoder": {"arch": arch, "width": width, "in_channels": in_channels},
                   "task": {"name": "random", "input": input_task}}
-        size = DataConfig.image_size if image_size is None else image_size
-        return FrozenEncoder(encoder.eval(), input_fn, size, "random", "random", record)
+        size, source = (DataConfig.image_size, "default") if image_size is None else (image_size, "--image-size")
+        return FrozenEncoder(encoder.eval(), input_fn, size, "random", "random", record, image_size_source=source)
     state = load_checkpoint(checkpoint, trust=trust)
     task = task_from_checkpoint(state, checkpoint)
     record = {key: state[key] for key in ("encoder", "task", "image_size", "data", "command", "git_commit", "global_step", "epoch")
               if key in state}
-    size = state.get("image_size", DataConfig.image_size) if image_size is None else image_size
-    return FrozenEncoder(task.encoder, task.encoder_input, size, state["task"]["name"], str(checkpoint), record, task)
+    if image_size is None:
+        trained_at = state.get("image_size", DataConfig.image_size)
+        size, source = type(task).eval_image_size(task.cfg, trained_at), "checkpoint task scale"
+    else:
+        size, source = image_size, "--image-size"
+    return FrozenEncoder(task.encoder, task.eval_input, size, state["task"]["name"], str(checkpoint), record, task,
+                         image_size_source=source)
