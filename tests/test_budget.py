@@ -16,15 +16,12 @@ from selfsup.checkpoint import load_checkpoint
 from selfsup.cli.pretrain import main as pretrain_main
 from selfsup.config import OptimConfig
 from selfsup.optim import lr_factor
+from test_resume import Stopped, tensors
 
 # as tests/test_resume.py's rotation runs: 43 pretraining images at batch 8, 5 steps per epoch
 COMMON = ["--task", "rotation", "--epochs", "2", "--batch-size", "8", "--workers", "0", "--device", "cpu",
           "--precision", "fp32", "--checkpoint-every", "2", "--width", "0.25", "--image-size", "16"]
 STEPS_PER_EPOCH = 5
-
-
-class Stopped(BaseException):
-    """Stands for a kill right after a checkpoint."""
 
 
 def run_args(folder: Path, out: Path, *extra: str) -> list[str]:
@@ -33,16 +30,6 @@ def run_args(folder: Path, out: Path, *extra: str) -> list[str]:
 
 def summary_of(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
-
-
-def tensors(state: dict, prefix: str = "") -> dict[str, torch.Tensor]:
-    found = {}
-    for key, value in state.items():
-        if isinstance(value, torch.Tensor):
-            found[f"{prefix}{key}"] = value
-        elif isinstance(value, dict):
-            found.update(tensors(value, f"{prefix}{key}."))
-    return found
 
 
 def next_lr(state: dict) -> float:
