@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from selfsup.models import ARCHS, build_encoder
 from selfsup.probes.pooling import TARGET_DIM, build_pool
@@ -37,3 +38,10 @@ def test_paper_pooling_presets_match_the_published_dimensions(preset, arch, expe
 def test_paper_presets_refuse_non_alexnet_layers():
     with pytest.raises(ValueError, match="--pool auto"):
         build_pool("rotnet", "res3", (128, 16, 16))
+
+
+def test_global_pooling_gives_one_mean_per_channel():
+    pool, dims, text = build_pool("global", "res4", (32, 5, 7))
+    maps = torch.randn(2, 32, 5, 7)
+    assert dims == 32 and text == "global avg 1x1"
+    assert torch.allclose(pool(maps), maps.mean(dim=(2, 3)))

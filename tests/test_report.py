@@ -199,3 +199,22 @@ def test_test_split_selection_needs_force():
     with pytest.raises(ConfigError, match="allowed values are val, test"):
         check_selection("train", False)
     assert issubclass(SelectionError, ConfigError)  # ssl-probe, ssl-finetune, ssl-detect: one line, exit 2
+
+
+def test_probes_of_another_pooling_are_other_rows_compared_with_random_pooled_alike(tmp_path):
+    def pooled(record, pool):
+        record["protocol"]["pool"] = pool
+        return record
+
+    write(tmp_path, "random.json", linear_record("random", (30.0, 40.0, 41.0)))
+    write(tmp_path, "random_global.json", pooled(linear_record("random", (10.0, 12.0, 14.0)), "global"))
+    write(tmp_path, "rotation.json", linear_record("rotation", (35.0, 50.0, 47.5)))
+    write(tmp_path, "rotation_global.json", pooled(linear_record("rotation", (20.0, 30.0, 33.0)), "global"))
+    records, _ = load_records([tmp_path])
+    lines = build_report(records, title="t", command="ssl-report x").splitlines()
+    rows = [line for line in lines if line.startswith("| rotation")]
+    assert len(rows) == 2, rows
+    auto = next(line for line in rows if "global" not in line.split("|")[1])
+    pooled_row = next(line for line in rows if "global pool" in line.split("|")[1])
+    assert "+9.00" in auto and "(RGB input, 32 px))" in auto
+    assert "+19.00" in pooled_row and "(RGB input, 32 px, global pool))" in pooled_row  # 33 - 14

@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "a VOC-layout folder, or demo-voc (the default) for the demo set's VOC split")
     parser.add_argument("--data-root", default=None)
     add_data_layout_option(parser)
-    parser.add_argument("--pool", default="auto", choices=PRESETS, help="feature pooling preset (see SPEC.md)")
+    parser.add_argument("--pool", default="auto", choices=PRESETS, help="feature pooling: auto (about 9k dims per layer), rotnet, deepcluster (the papers' grids), "
+                             "or global (global average: one value per channel)")
     parser.add_argument("--protocol", default="common", choices=sorted(PROTOCOLS), help="optimiser preset (linear)")
     parser.add_argument("--epochs", type=int, help="override the protocol's epochs (milestones scale along)")
     parser.add_argument("--lr", type=finite_float, help="override the protocol's learning rate")
@@ -250,7 +251,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         record = run_svm(context)
     else:
         record = run_classification(context, dims)
-    record["protocol"].update(probe_image_size=frozen.image_size, probe_image_size_source=frozen.image_size_source,
+    record["protocol"].update(pool=args.pool, probe_image_size=frozen.image_size, probe_image_size_source=frozen.image_size_source,
                               bn_stats=context.bn_record)
     for layer, entry in record["layers"].items():
         entry.update(dims=dims[layer], pooling=pooling[layer])

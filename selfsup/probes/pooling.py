@@ -18,7 +18,7 @@ ALEXNET_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 ROTNET_GRID = {"conv1": 12, "conv2": 7, "conv3": 5, "conv4": 6, "conv5": 6}
 # (kernel, stride, padding) of the DeepCluster/VISSL average pools on the 224 px AlexNet maps
 DEEPCLUSTER_AVGPOOL = {"conv1": (19, 4, 0), "conv2": (12, 3, 0), "conv3": (9, 1, 0), "conv4": (9, 1, 0), "conv5": (8, 1, 0)}
-PRESETS = ("auto", "rotnet", "deepcluster")
+PRESETS = ("auto", "rotnet", "deepcluster", "global")
 
 
 def auto_grid(channels: int, height: int, width: int, target: int = TARGET_DIM) -> int:
@@ -50,6 +50,9 @@ def build_pool(preset: str, layer: str, shape: tuple[int, int, int]) -> tuple[nn
         out_h, out_w = _out_side(height, kernel, stride, padding), _out_side(width, kernel, stride, padding)
         module = nn.Sequential(nn.AvgPool2d(kernel, stride, padding), nn.Flatten())
         return module, channels * out_h * out_w, f"avg k{kernel} s{stride} p{padding}"
+    if preset == "global":
+        # one value per channel: the low-dimensional probe, which a wide random layer cannot win by size alone
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), channels, "global avg 1x1"
     if preset != "auto":
         raise ConfigError(f"--pool {preset} is invalid: allowed values are {', '.join(PRESETS)}")
     side = auto_grid(channels, height, width)

@@ -59,11 +59,21 @@ def input_name(record: dict[str, Any]) -> str:
     return {1: "L", 2: "Sobel"}.get(channels, "RGB")
 
 
+def pool_of(record: dict[str, Any]) -> str:
+    """The probe's pooling preset (records older than the option used ``auto``)."""
+    return record.get("protocol", {}).get("pool", "auto")
+
+
 def row_key(record: dict[str, Any]) -> tuple:
+    """One row per encoder and pooling preset: probes of other widths are other rows, never seeds of one."""
     if record["method"] == "random":
-        return ("random", record["encoder"]["arch"], input_name(record), record.get("image_size"))
+        return ("random", record["encoder"]["arch"], input_name(record), record.get("image_size"), pool_of(record))
     # records in different folders name the same checkpoint by different relative paths
-    return (record["method"], resolve_path(record, record["checkpoint"]))
+    return (record["method"], resolve_path(record, record["checkpoint"]), pool_of(record))
+
+
+def _pool_label(pool: str) -> str:
+    return "" if pool == "auto" else f", {pool} pool"
 
 
 @dataclass
@@ -104,11 +114,11 @@ def build_rows(records: Sequence[dict[str, Any]], pretrains: Sequence[dict[str, 
         methods[row.key[0]] = methods.get(row.key[0], 0) + 1
     for row in rows.values():
         if row.is_random:
-            _, arch, channels, size = row.key
-            row.label = f"random init ({channels} input, {size} px)"
+            _, arch, channels, size, pool = row.key
+            row.label = f"random init ({channels} input, {size} px{_pool_label(pool)})"
         else:
-            method, checkpoint = row.key
-            row.label = method if methods[method] == 1 else f"{method} [{Path(checkpoint).parent.name}]"
+            method, checkpoint, pool = row.key
+            row.label = method if methods[method] == 1 else f"{method} [{Path(checkpoint).parent.name}{_pool_label(pool)}]"
             row.pretrain = by_checkpoint.get(str(checkpoint))
     rank = {method: i for i, method in enumerate(order)}
     return sorted(rows.values(), key=lambda r: (not r.is_random, r.key[1:] if r.is_random else (rank.get(r.key[0], len(rank)),)))
@@ -199,7 +209,8 @@ def baseline_record(row: Row, rows: Sequence[Row], kind: str, data: str | None =
         return None
     candidates = []
     for other in rows:
-        if other.is_random and other.key[1] == record["encoder"]["arch"] and other.key[3] == record.get("image_size"):
+        if (other.is_random and other.key[1] == record["encoder"]["arch"] and other.key[3] == record.get("image_size")
+                and other.key[4] == pool_of(record)):
             match = next((r for r in other.records.get(kind, []) if wanted(r)), None)
             if match is not None:
                 candidates.append((other, match))
