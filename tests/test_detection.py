@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 from torch import nn
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import selfsup.cli.detect as detect_cli
@@ -18,6 +19,10 @@ from selfsup.cli.detect import main
 from selfsup.data.voc import open_voc
 from selfsup.models import build_encoder
 from selfsup.pretext import build_task
+from selfsup.pretext.base import IMAGENET_MEAN, IMAGENET_STD
+from selfsup.pretext.context import normalize_per_patch
+from selfsup.probes.bn import bn_statistics, reestimate_bn_statistics
+from selfsup.transfer.frontend import input_conv
 from selfsup.pretext.deepcluster import DeepClusterConfig, DeepClusterTask
 from selfsup.pretext.jigsaw import JigsawConfig, JigsawTask
 from selfsup.models.base import freeze_layers
@@ -314,6 +319,7 @@ def fake_checkpoint(path: Path, task: str = "rotation", edit=None) -> Path:
     (["--figure", "detections.txt"], "--figure detections.txt"),
     (["--arch", "vgg16"], "--arch"),
     (["--data", ""], "--data ''"),
+    (["--trainable-bn", "--bn-stats", "train"], "--bn-stats train is invalid with --trainable-bn"),
 ])
 def test_bad_option_values_are_one_line_before_the_checkpoint_is_read(argv, named, capsys):
     assert main(["--checkpoint", MISSING_CHECKPOINT, *argv]) == 2
@@ -369,3 +375,101 @@ def test_the_checkpoint_is_read_once_and_gives_the_pretext_fc_layers(tmp_path, m
     assert main(["--checkpoint", str(checkpoint), "--data", str(root), "--batch-size", "2", "--workers", "0",
                  "--min-size", "64", "--max-size", "96"]) == 130
     assert reads == [str(checkpoint)] and seen["pretext"].source == "jigsaw fc6"
+
+
+# ------------------------------------------------------------------ evaluation input rules, as for the probes
+
+
+def load_task(checkpoint: Path):
+    return frozen_module.task_from_checkpoint(torch.load(checkpoint, weights_only=True), checkpoint)
+
+
+@pytest.mark.parametrize("frontend", ["fold", "exact"])
+def test_a_context_drop_detector_feeds_the_encoder_its_evaluation_mapping(tmp_path, monkeypatch, frontend):
+    checkpoint = fake_checkpoint(tmp_path / "context.pt", task="context")
+    task = load_task(checkpoint)
+    assert task.cfg.color_mode == "drop" and task.cfg.patch_norm
+    seen = {}
+
+    def stop_at_build(encoder, num_classes, **kwargs):
+        seen.update(kwargs, encoder=encoder)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(detect_cli, "build_detector", stop_at_build)
+    root = write_tiny_voc(tmp_path / "voc")
+    assert main(["--checkpoint", str(checkpoint), "--data", str(root), "--batch-size", "2", "--workers", "0",
+                 "--min-size", "64", "--max-size", "96", "--frontend", frontend]) == 130
+    torch.manual_seed(1)
+    images = torch.rand(2, 3, 40, 48)
+    conv = input_conv(task.encoder)[1]
+    wanted = conv(task.eval_input(images))  # green standardised, red and blue zero
+    if frontend == "exact":
+        fed = seen["input_fn"](images)
+        torch.testing.assert_close(fed, task.eval_input(images))
+        assert not torch.allclose(fed, task.encoder_input(images), atol=1e-3)
+        got = input_conv(seen["encoder"])[1](fed)
+    else:
+        assert seen["input_fn"] is None
+        # the folded conv1 on per-image standardised RGB is conv1 on the evaluation mapping
+        got = input_conv(seen["encoder"])[1](normalize_per_patch(images))
+    torch.testing.assert_close(got, wanted, atol=1e-5, rtol=1e-5)
+
+
+def distinct_batchnorm_statistics(state):
+    generator = torch.Generator().manual_seed(3)
+    for key, value in state["model"].items():
+        if key.endswith("running_mean"):
+            value.copy_(torch.randn(value.shape, generator=generator))
+        elif key.endswith("running_var"):
+            value.copy_(torch.rand(value.shape, generator=generator) + 0.5)
+
+
+def train_batch(root: Path, min_size: int, max_size: int) -> torch.Tensor:
+    """The tiny VOC's training images as the detector's test-time transform batches them."""
+    names = (root / "ImageSets" / "Main" / "train.txt").read_text().split()
+    images = [torch.from_numpy(np.asarray(Image.open(root / "JPEGImages" / f"{name}.jpg").convert("RGB"), dtype=np.float32)
+                               ).permute(2, 0, 1) / 255 for name in names]
+    transform = GeneralizedRCNNTransform(min_size, max_size, list(IMAGENET_MEAN), list(IMAGENET_STD)).eval()
+    return transform(images)[0].tensors
+
+
+@pytest.mark.parametrize("option", ["train", "checkpoint", None])
+def test_bn_stats_train_reestimates_the_frozen_backbone_on_the_training_images(tmp_path, monkeypatch, option):
+    checkpoint = fake_checkpoint(tmp_path / "rotation.pt", edit=distinct_batchnorm_statistics)
+    pretrained = bn_statistics(load_task(checkpoint).encoder)
+    captured = {}
+    real_freeze = detect_cli.freeze_batchnorm
+
+    def capturing_freeze(module):
+        captured.update(bn_statistics(module))
+        return real_freeze(module)
+
+    monkeypatch.setattr(detect_cli, "freeze_batchnorm", capturing_freeze)
+    root = write_tiny_voc(tmp_path / "voc")
+    out = tmp_path / "detect.json"
+    argv = ["--checkpoint", str(checkpoint), "--data", str(root), "--epochs", "1", "--batch-size", "2",
+            "--min-size", "64", "--max-size", "96", "--workers", "0", "--out", str(out)]
+    assert main(argv + ([] if option is None else ["--bn-stats", option])) == 0
+    bn_record = json.loads(out.read_text())["protocol"]["bn_stats"]
+    used = option or "train"
+    assert bn_record["option"] == used and bn_record["used"] == used
+    assert bn_record["reason"] == ("--bn-stats" if option else "default with frozen BatchNorm")
+    assert set(captured) == set(pretrained)
+    if used == "checkpoint":
+        for name, (mean, var) in pretrained.items():
+            assert torch.equal(captured[name][0], mean) and torch.equal(captured[name][1], var)
+        return
+    assert bn_record["images"] == 4
+    batch = train_batch(root, 64, 96)
+    # by hand for the first BatchNorm: the moments of conv1's output over every pixel of the batch
+    encoder = load_task(checkpoint).encoder
+    with torch.no_grad():
+        first = encoder.conv1[0](batch).double()
+    torch.testing.assert_close(captured["conv1.1"][0].double(), first.mean(dim=(0, 2, 3)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(captured["conv1.1"][1].double(), first.var(dim=(0, 2, 3)), atol=1e-5, rtol=1e-5)
+    # and every BatchNorm as selfsup.probes.bn computes them on that batch
+    assert reestimate_bn_statistics(encoder, lambda x: x, [batch], torch.device("cpu")) == 4
+    for name, (mean, var) in bn_statistics(encoder).items():
+        torch.testing.assert_close(captured[name][0], mean, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(captured[name][1], var, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(captured[name][0], pretrained[name][0])

@@ -6,8 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from selfsup.errors import ConfigError
 from selfsup.models import build_encoder
+from selfsup.pretext import build_task
 from selfsup.pretext.base import IMAGENET_MEAN, normalize_rgb
+from selfsup.pretext.context import normalize_per_patch
 from selfsup.pretext.colorization import rgb_to_lab
 from selfsup.pretext.deepcluster import sobel_input
 from selfsup.transfer.frontend import fold_input_mapping, input_conv
@@ -74,7 +77,7 @@ def test_sobel_fold_keeps_the_rest_of_the_network():
 
 def test_rgb_tasks_get_an_unchanged_copy():
     encoder = build_encoder("resnet18_small", width=0.25)
-    for task, options in [("rotation", {}), ("deepcluster", {"sobel": False}), ("context", {"patch_norm": False})]:
+    for task, options in [("rotation", {}), ("deepcluster", {"sobel": False}), ("context", {"patch_norm": False, "color_mode": "project"})]:
         folded, description = fold_input_mapping(encoder, task, options)
         assert description == "none" and folded is not encoder
         assert all(torch.equal(a, b) for a, b in zip(folded.state_dict().values(), encoder.state_dict().values()))
@@ -122,3 +125,27 @@ def test_wrong_channel_count_is_a_one_line_error_naming_task_and_channels(task, 
 def test_unknown_task_is_refused():
     with pytest.raises(ValueError, match="unknown task 'nope'"):
         fold_input_mapping(build_encoder("alexnet_small", width=0.25), "nope", {})
+
+
+def test_context_colour_drop_folds_its_evaluation_mapping_the_kept_green_channel():
+    torch.manual_seed(0)
+    encoder = build_encoder("alexnet_small", width=0.25)
+    task = build_task("context", encoder, {}).eval()
+    assert task.cfg.color_mode == "drop" and task.cfg.patch_norm
+    folded, description = fold_input_mapping(encoder, "context", {})
+    assert description.startswith("green only") and "not exact" in description
+    images = smooth_images(3, 40)
+    # The folded conv1 on per-image standardised RGB is the original conv1 on the evaluation mapping (green
+    # standardised, red and blue zero): only the standardisation is left to approximate (by ImageNet mean/std).
+    ours = input_conv(folded)[1](normalize_per_patch(images))
+    theirs = input_conv(encoder)[1](task.eval_input(images))
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    # ... and not on what training fed it (encoder_input: all three standardised channels)
+    assert not torch.allclose(ours, input_conv(encoder)[1](task.encoder_input(images)), atol=1e-3)
+
+
+def test_context_colour_drop_without_patch_norm_cannot_be_folded():
+    with pytest.raises(ConfigError) as info:
+        fold_input_mapping(build_encoder("alexnet_small", width=0.25), "context", {"patch_norm": False})
+    message = str(info.value)
+    assert "\n" not in message and "--frontend exact" in message

@@ -5,9 +5,19 @@
     ssl-detect --checkpoint random --arch alexnet_small                    # the random-initialisation row
     ssl-detect --checkpoint runs/r18/last.pt --backbone c4 --freeze res2   # ResNet C4 (default: FPN)
 
-Backbones, heads and anchors: see `selfsup.transfer.detection`. The encoder takes ImageNet-normalised
-RGB, its task's front-end (colorization's L, DeepCluster's Sobel) folded into conv1 (``--frontend fold``,
-see `selfsup.transfer.frontend`), or keeps the task's exact input mapping in front (``--frontend exact``).
+Backbones, heads and anchors: see `selfsup.transfer.detection`. The encoder is fed what probes and
+fine-tuning feed it, its task's evaluation input mapping (``eval_input``): either folded into conv1 so that
+it takes ImageNet-normalised RGB (``--frontend fold``; colorization's L, DeepCluster's Sobel, context's kept
+green channel under colour dropping; see `selfsup.transfer.frontend`, which refuses a mapping no conv
+expresses), or kept exactly in front of the encoder (``--frontend exact``).
+
+BatchNorm statistics (``--bn-stats``, frozen BatchNorms only): ``train`` (the default) re-estimates every
+BatchNorm's running mean and variance on the training split's images (not flipped) as the backbone sees
+them at test size (short side --min-size, long side capped by --max-size, padded batches, through the front
+end), exactly as ssl-probe/ssl-finetune do (`selfsup.probes.bn`), before the BatchNorms are frozen;
+``checkpoint`` keeps the pretrained ones. With ``--trainable-bn`` the BatchNorms normalise with batch
+statistics and update their own running ones, so the option does not apply and an explicit one is refused.
+``--rescale`` comes after the re-estimation and measures through the statistics it set.
 
 Training: horizontal flips, short side drawn from ``--multiscale`` (default: ``--min-size`` only); SGD,
 momentum 0.9, weight decay 1e-4, linear warm-up over the first epoch (at most 500 steps) from 0.001 x
@@ -42,12 +52,13 @@ from selfsup.cli.common import (
 )
 from selfsup.config import ModelConfig
 from selfsup.data.loading import BadFileLog, EpochBatchSampler
-from selfsup.data.voc import open_voc, resolve_voc_root, voc_classes
+from selfsup.data.voc import VocSplit, open_voc, resolve_voc_root, voc_classes
 from selfsup.distributed import pick_device
 from selfsup.errors import ConfigError, DataError
 from selfsup.models import ARCHS, Encoder
 from selfsup.outputs import check_output_file
 from selfsup.pretext import TASKS
+from selfsup.probes.bn import named_batchnorms
 from selfsup.probes.frozen import FrozenEncoder, load_frozen
 from selfsup.probes.records import SELECTION_SPLITS, check_selection, finish_record, new_record, write_record
 from selfsup.transfer.detection import (
@@ -65,6 +76,7 @@ from selfsup.transfer.detection import (
     is_alexnet,
     lr_factor,
     pretext_fc,
+    reestimate_backbone_bn,
     rescale_backbone,
     resolve_backbone,
     train_one_epoch,
@@ -74,6 +86,7 @@ from selfsup.transfer.frontend import fold_input_mapping
 from selfsup.transfer.voc_eval import DetectionScores, format_ap_table
 
 EVAL_BATCH = 8
+BN_STATS_CHOICES = ("train", "checkpoint")
 RESCALE_IMAGES = 32
 MAX_WARMUP_STEPS = 500
 
@@ -96,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="BatchNorms fixed at their pretrained statistics and affine (default)")
     bn.add_argument("--trainable-bn", dest="frozen_bn", action="store_false",
                     help="BatchNorms train (batch statistics) in the stages that are not frozen")
+    parser.add_argument("--bn-stats", default=None, choices=BN_STATS_CHOICES,
+                        help="frozen BatchNorms' statistics: train (default) re-estimated on the training images at "
+                             "test size through the front end, or checkpoint (the pretrained ones); not with "
+                             "--trainable-bn")
     parser.add_argument("--min-size", type=int, default=MIN_SIZE, help=f"short side at test time, px (default {MIN_SIZE})")
     parser.add_argument("--max-size", type=int, default=MAX_SIZE, help=f"cap on the long side, px (default {MAX_SIZE})")
     parser.add_argument("--multiscale", type=int_list, default=None,
@@ -141,6 +158,10 @@ def check_args(args: argparse.Namespace) -> None:
     if args.rescale and not args.frozen_bn:
         raise ConfigError("--rescale is invalid with --trainable-bn: a BatchNorm that trains renormalises every batch "
                           "and undoes the rescaling; allowed: --rescale with --frozen-bn (the default)")
+    if args.bn_stats is not None and not args.frozen_bn:
+        raise ConfigError(f"--bn-stats {args.bn_stats} is invalid with --trainable-bn: trainable BatchNorms normalise "
+                          "with batch statistics and update their running ones; allowed: --bn-stats with --frozen-bn "
+                          "(the default)")
     if args.max_size < args.min_size:
         raise ConfigError(f"--max-size {args.max_size} is invalid: must be at least --min-size {args.min_size}")
     if args.figure is not None and Path(args.figure).suffix.lower() not in Image.registered_extensions():
@@ -177,13 +198,52 @@ def pretext_head(frozen: FrozenEncoder) -> PretextFC | None:
 def prepare_encoder(args: argparse.Namespace, frozen: FrozenEncoder) -> tuple[Encoder, Callable | None, str]:
     """The encoder to train (front-end folded or not), the input mapping to put before it, and what was done."""
     if args.frontend == "exact":
-        return frozen.encoder, frozen.input_fn, "exact: the task's input mapping in front of the encoder"
+        # load_frozen's input_fn is the task's eval_input, what probes and fine-tuning feed the encoder
+        return frozen.encoder, frozen.input_fn, "exact: the task's evaluation input mapping in front of the encoder"
     task = frozen.record["task"]
     if frozen.name == "random":
         encoder, folded = fold_input_mapping(frozen.encoder, task["input"], {})
     else:
         encoder, folded = fold_input_mapping(frozen.encoder, task["name"], task.get("options", {}))
     return encoder, None, f"fold: {folded}"
+
+
+def bn_stats_step(args: argparse.Namespace, model: torch.nn.Module, encoder: Encoder, train_split: VocSplit,
+                  device: torch.device, on_bad: Callable[[list[str]], None]) -> dict[str, Any]:
+    """Applies --bn-stats to the detector's encoder (its BatchNorms not yet frozen) and says what was done,
+    for the record's protocol."""
+    if not args.frozen_bn:
+        return {"option": None, "used": None,
+                "reason": "--trainable-bn: BatchNorms normalise with batch statistics in training and update their "
+                          "running ones from the checkpoint's"}
+    option = args.bn_stats or "train"
+    entry: dict[str, Any] = {"option": option, "used": option,
+                             "reason": "--bn-stats" if args.bn_stats else "default with frozen BatchNorm"}
+    if not named_batchnorms(encoder):
+        entry.update(used="checkpoint", reason="the encoder has no BatchNorm")
+        return entry
+    if option == "checkpoint":
+        return entry
+    loader = DataLoader(DetectionDataset(train_split, train=False), batch_size=EVAL_BATCH, num_workers=args.workers,
+                        collate_fn=collate_items)
+
+    def batches():
+        for items in loader:
+            for item in items:
+                on_bad(item.bad)
+            images = [item.image.float().div_(255) for item in items if item.image is not None]
+            if images:
+                yield images
+
+    print(f"ssl-detect: re-estimating BatchNorm statistics on {train_split.describe()}", file=sys.stderr)
+    seen = reestimate_backbone_bn(model, batches(), device)
+    if seen == 0:
+        raise DataError(f"no readable image in {train_split.describe()} to re-estimate BatchNorm statistics on "
+                        "(batches of one image are skipped); use --bn-stats checkpoint")
+    entry.update(images=seen, input=(f"{train_split.describe()}, not flipped, at test size (short side {args.min_size}, "
+                                     f"long side at most {args.max_size}), padded batches of {EVAL_BATCH}, through "
+                                     "the detector's front end"))
+    return entry
 
 
 def _percent(value: float | None) -> float | None:
@@ -223,21 +283,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           "must be at most the number of training images")
 
     encoder, input_fn, frontend_text = prepare_encoder(args, frozen)
-    frozen_norms = freeze_batchnorm(encoder) if args.frozen_bn else 0
-    freeze_layers(encoder, args.freeze)
     model, parts = build_detector(encoder, len(classes), backbone=backbone, min_size=args.min_size,
                                   max_size=args.max_size, train_sizes=args.multiscale, input_fn=input_fn,
                                   pretext=pretext_head(frozen), fc_dim=args.fc_dim, precision=args.precision)
+    model.to(device)
+    bad = BadFileLog()
+    # the BatchNorms are re-estimated while they are still BatchNorms, then frozen; --rescale measures after both
+    bn_stats = bn_stats_step(args, model, encoder, splits["train"], device, bad.add)
+    frozen_norms = freeze_batchnorm(encoder) if args.frozen_bn else 0
+    freeze_layers(encoder, args.freeze)
     train_set = DetectionDataset(splits["train"], train=True)
     rescaled = None
     if args.rescale:
-        images = [item.image.float() / 255 for item in (train_set[i] for i in range(min(RESCALE_IMAGES, len(train_set))))
+        images = [item.image.to(device).float() / 255
+                  for item in (train_set[i] for i in range(min(RESCALE_IMAGES, len(train_set))))
                   if item.image is not None]
         if not images:
             raise DataError(f"--rescale found no readable image among the first {RESCALE_IMAGES} of "
                             f"{splits['train'].describe()}")
         rescaled = [unit.name for unit in rescale_backbone(model, images)]
-    model.to(device)
 
     sampler = EpochBatchSampler(len(train_set), args.batch_size, seed=args.seed)
     train_loader = DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers, collate_fn=collate_items)
@@ -257,7 +321,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           file=sys.stderr)
 
     selection = args.selection_split
-    bad = BadFileLog()
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     for epoch in range(args.epochs):
@@ -299,8 +362,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "detector": "torchvision Faster R-CNN",
             **parts,
             "frontend": frontend_text,
+            # the detector resizes to its own sizes; the checkpoint's crop size and task scale are not used
+            "input_size_source": "--min-size/--max-size" + ("/--multiscale" if args.multiscale else ""),
             "freeze": args.freeze,
             "batchnorm": f"frozen ({frozen_norms} FrozenBatchNorm2d)" if args.frozen_bn else "trainable",
+            "bn_stats": bn_stats,
             "rescale": {"method": "Krähenbühl et al. 2016 within-layer: conv weights scaled, BatchNorm shifted so "
                                   "that every unit's output has per-channel mean 0, std 1 on the rescaling images",
                         "images": RESCALE_IMAGES, "units": rescaled} if rescaled is not None else None,

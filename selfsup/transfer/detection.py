@@ -21,10 +21,11 @@ images: 1000 -> 500 proposals after NMS in training, 600 -> 300 at test (Faster 
 per image (Fast R-CNN's 128 per 2-image batch), a quarter positive.
 
 The encoder is fed ImageNet-normalised RGB by the detector's transform when its input mapping was folded
-into conv1 (`selfsup.transfer.frontend`), or [0, 1] RGB that the task's exact input mapping turns into
-its input. With ``frozen_bn`` every BatchNorm of the encoder becomes a ``FrozenBatchNorm2d`` (running
+into conv1 (`selfsup.transfer.frontend`), or [0, 1] RGB that the task's exact evaluation input mapping
+(``PretextTask.eval_input``, what probes and fine-tuning feed it) turns into its input. With ``frozen_bn`` every BatchNorm of the encoder becomes a ``FrozenBatchNorm2d`` (running
 statistics and affine fixed, as Detectron does for small detection batches); otherwise they train in
-train mode. bf16 precision runs the backbone and the box head under autocast; RPN/box predictions and
+train mode. ``ssl-detect --bn-stats train`` (the default with frozen BatchNorms) first re-estimates those
+statistics on the detection training images as the backbone sees them (:func:`reestimate_backbone_bn`). bf16 precision runs the backbone and the box head under autocast; RPN/box predictions and
 all box arithmetic stay float32 (bf16 would round coordinates above 128 px to whole pixels).
 """
 
@@ -34,7 +35,7 @@ import math
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ from selfsup.engine import autocast_context
 from selfsup.errors import CheckpointError, ConfigError, DataError
 from selfsup.models import Encoder
 from selfsup.pretext.base import IMAGENET_MEAN, IMAGENET_STD
+from selfsup.probes.bn import reestimate_bn_statistics
 from selfsup.transfer.rescale import Unit, UnitStats, rescalable_units, rescale_within_layer
 from selfsup.transfer.voc_eval import DetectionScores, ImageDetections, ImageTruth, voc_detection_scores
 
@@ -352,7 +354,7 @@ def build_detector(encoder: Encoder, num_classes: int, *, backbone: str = "auto"
         "aspect_ratios": list(ASPECT_RATIOS),
         "box_head": head_text,
         "proposals": {"train": list(RPN_TRAIN), "test": list(RPN_TEST), "rois_per_image": ROIS_PER_IMAGE},
-        "input": "ImageNet-normalised RGB" if input_fn is None else "[0, 1] RGB through the task's input mapping",
+        "input": "ImageNet-normalised RGB" if input_fn is None else "[0, 1] RGB through the task's evaluation input mapping",
         "train_sizes": list(transform.train_sizes),
         "test_size": min_size,
         "max_size": max_size,
@@ -377,6 +379,26 @@ def rescale_backbone(model: FasterRCNN, images: Sequence[Tensor], target_mean: f
         batch = model.transform(list(images))[0].tensors
     model.transform.train(was_training)
     return rescale_within_layer(encoder, units, lambda: encoder(body.frontend(batch)), target_mean=target_mean)
+
+
+@torch.no_grad()
+def reestimate_backbone_bn(model: FasterRCNN, batches: Iterable[Sequence[Tensor]], device: torch.device) -> int:
+    """Sets the running statistics of every (not yet frozen) BatchNorm of the detector's encoder to those of
+    ``batches`` (lists of [0, 1] RGB images) as the detector feeds its backbone at test time: resized by its
+    transform (short side ``min_size``, long side capped), normalised as the front end needs, padded into one
+    tensor per batch (as in training and testing), then through the front end (the task's evaluation mapping
+    or the folded conv1). Exact float64 moments over all images (`selfsup.probes.bn`); every BatchNorm of the
+    encoder is re-estimated on whole-image maps, C4's res5 too (in the box head it sees RoI features).
+    Returns how many images were used (batches of one image are skipped)."""
+    body = model.backbone.module
+    transform = model.transform
+    was_training = transform.training
+    transform.eval()
+    try:
+        inputs = (transform([image.to(device) for image in batch])[0].tensors for batch in batches)
+        return reestimate_bn_statistics(body.encoder, body.frontend, inputs, device)
+    finally:
+        transform.train(was_training)
 
 
 # ----------------------------------------------------------------------------- data

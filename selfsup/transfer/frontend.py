@@ -38,6 +38,13 @@ ImageNet mean, over the ImageNet std. Most pretext tasks train on exactly that; 
 * **Jigsaw and context** (``patch_norm``) standardise every image on its own statistics, which no fixed
   conv can do; ImageNet mean/std is the dataset-level version of that standardisation, so their weights
   are kept as they are (not exact: per-image contrast is no longer equalised).
+* **Context with colour dropping** (``color_mode=drop``). What is folded is the task's *evaluation*
+  mapping (``eval_input``, what probes and fine-tuning feed it): the green channel kept, the other two set
+  to the kept channel's per-image mean. With ``patch_norm`` that mean is 0 (the channel is standardised),
+  so the mapping is "standardised green, two zero channels": conv1's red and blue taps are zeroed, which is
+  exact, and the standardisation is approximated by ImageNet mean/std as above (not exact). Without
+  ``patch_norm`` the two channels carry each image's mean normalised green, a global average that no conv
+  expresses: folding is refused (one-line ConfigError) and ``--frontend exact`` feeds the exact mapping.
 """
 
 from __future__ import annotations
@@ -50,11 +57,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.config import from_dict
+from selfsup.errors import ConfigError
 from selfsup.models import Encoder
 from selfsup.pretext import TASKS
 from selfsup.pretext.base import IMAGENET_MEAN, IMAGENET_STD, PretextTask
 from selfsup.pretext.colorization import L_CENTER, ColorizationTask, rgb_to_lab
-from selfsup.pretext.context import ContextTask
+from selfsup.pretext.context import EVAL_KEPT_CHANNEL, ContextTask
 from selfsup.pretext.deepcluster import DeepClusterTask
 from selfsup.pretext.jigsaw import JigsawTask
 
@@ -64,13 +72,18 @@ INPUT = "ImageNet-normalised RGB: [0, 1] RGB minus mean (0.485, 0.456, 0.406), o
 
 # The input mappings of the tasks, and their channel counts.
 RGB, PER_IMAGE, SOBEL, LIGHTNESS = "rgb", "per-image standardised rgb", "sobel", "lab-L"
-_CHANNELS = {RGB: 3, PER_IMAGE: 3, SOBEL: 2, LIGHTNESS: 1}
+# context's colour-drop evaluation input with patch_norm: one standardised channel, the other two zero
+KEPT_CHANNEL = "one per-image standardised channel, two zero channels"
+_CHANNELS = {RGB: 3, PER_IMAGE: 3, SOBEL: 2, LIGHTNESS: 1, KEPT_CHANNEL: 3}
+_CHANNEL_NAMES = ("red", "green", "blue")
 # sobel_input's x-gradient filter; the y-gradient is its transpose.
 _SOBEL_X = ((1.0, 0.0, -1.0), (2.0, 0.0, -2.0), (1.0, 0.0, -1.0))
 
 
 def task_input(task_name: str, task_options: dict) -> str:
-    """Which input mapping ``task_name`` with ``task_options`` trains its encoder on."""
+    """Which input mapping ``task_name`` with ``task_options`` feeds its encoder at evaluation (the task's
+    ``eval_input``, what probes and fine-tuning feed it). ConfigError (one line) for a mapping that no
+    conv on RGB expresses even approximately (context's colour dropping without ``patch_norm``)."""
     if task_name not in TASKS:
         raise ValueError(f"unknown task {task_name!r}; known tasks: {', '.join(TASKS)}")
     task_cls = TASKS[task_name]
@@ -82,6 +95,13 @@ def task_input(task_name: str, task_options: dict) -> str:
     if task_cls is JigsawTask:
         return PER_IMAGE
     if task_cls is ContextTask:
+        if cfg.color_mode == "drop":
+            if not cfg.patch_norm:
+                raise ConfigError(
+                    "context with color_mode=drop and patch_norm off is evaluated on green plus two channels "
+                    "holding each image's mean green, which no conv on RGB expresses; it cannot be folded: use "
+                    "--frontend exact")
+            return KEPT_CHANNEL
         return PER_IMAGE if cfg.patch_norm else RGB
     if task_cls.encoder_input is PretextTask.encoder_input:
         return RGB
@@ -114,6 +134,15 @@ def fold_input_mapping(encoder: Encoder, task_name: str, task_options: dict) -> 
         return folded, "none"
     if mapping == PER_IMAGE:
         return folded, "none: per-image standardisation replaced by ImageNet mean/std, its dataset-level version (not exact)"
+    if mapping == KEPT_CHANNEL:
+        name, conv = input_conv(folded)
+        with torch.no_grad():
+            dropped = [c for c in range(conv.in_channels) if c != EVAL_KEPT_CHANNEL]
+            conv.weight[:, dropped] = 0
+        kept = _CHANNEL_NAMES[EVAL_KEPT_CHANNEL]
+        others = "/".join(_CHANNEL_NAMES[c] for c in dropped)
+        return folded, (f"{kept} only: {name}'s {others} taps zeroed (exact: colour-drop evaluation feeds them zero), "
+                        f"per-image standardisation replaced by ImageNet mean/std, its dataset-level version (not exact)")
     name, conv = input_conv(folded)
     if conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         raise ValueError(f"{encoder.arch}'s input conv {name} is grouped, dilated or not zero-padded; it cannot be folded")
