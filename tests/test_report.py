@@ -203,7 +203,7 @@ def test_test_split_selection_needs_force():
 
 def test_probes_of_another_pooling_are_other_rows_compared_with_random_pooled_alike(tmp_path):
     def pooled(record, pool):
-        record["protocol"]["pool"] = pool
+        record["pool_preset"] = pool
         return record
 
     write(tmp_path, "random.json", linear_record("random", (30.0, 40.0, 41.0)))
@@ -218,3 +218,21 @@ def test_probes_of_another_pooling_are_other_rows_compared_with_random_pooled_al
     pooled_row = next(line for line in rows if "global pool" in line.split("|")[1])
     assert "+9.00" in auto and "(RGB input, 32 px))" in auto
     assert "+19.00" in pooled_row and "(RGB input, 32 px, global pool))" in pooled_row  # 33 - 14
+
+
+def test_a_random_encoder_fed_like_the_task_is_its_baseline(tmp_path):
+    def fed_like(record, task):
+        record["pretraining"] = {"task": {"name": "random", "input": task}}
+        return record
+
+    write(tmp_path, "random.json", fed_like(linear_record("random", (30.0, 40.0, 41.0)), "rotation"))
+    write(tmp_path, "random_context.json", fed_like(linear_record("random", (20.0, 22.0, 24.0)), "context"))
+    write(tmp_path, "context.json", linear_record("context", (25.0, 30.0, 28.0), checkpoint="ctx/last.pt"))
+    write(tmp_path, "rotation.json", linear_record("rotation", (35.0, 50.0, 47.5)))
+    records, _ = load_records([tmp_path])
+    lines = build_report(records, title="t", command="ssl-report x").splitlines()
+    assert any(line.startswith("| random init (RGB input as context, 32 px) |") for line in lines)
+    context = next(line for line in lines if line.startswith("| context |"))
+    assert "+6.00" in context and "vs random init (RGB input as context, 32 px)" in context  # 30 - 24
+    rotation = next(line for line in lines if line.startswith("| rotation |"))
+    assert "+9.00" in rotation and "vs random init (RGB input, 32 px)" in rotation

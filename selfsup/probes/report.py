@@ -60,14 +60,25 @@ def input_name(record: dict[str, Any]) -> str:
 
 
 def pool_of(record: dict[str, Any]) -> str:
-    """The probe's pooling preset (records older than the option used ``auto``)."""
-    return record.get("protocol", {}).get("pool", "auto")
+    """The probe's pooling preset (records without one are not pooled probes, or older: ``auto``)."""
+    return record.get("pool_preset") or "auto"
+
+
+# Tasks whose input mapping the channel count already names (RGB as rotation, L, Sobel).
+_NAMED_BY_CHANNELS = (None, "rotation", "supervised", "colorization", "deepcluster")
+
+
+def input_like(record: dict[str, Any]) -> str | None:
+    """The task whose input mapping a random encoder was fed (``ssl-probe --input-like``)."""
+    return (record.get("pretraining") or {}).get("task", {}).get("input")
 
 
 def row_key(record: dict[str, Any]) -> tuple:
-    """One row per encoder and pooling preset: probes of other widths are other rows, never seeds of one."""
+    """One row per encoder, input mapping and pooling preset: probes of other widths or inputs are other
+    rows, never seeds of one."""
     if record["method"] == "random":
-        return ("random", record["encoder"]["arch"], input_name(record), record.get("image_size"), pool_of(record))
+        return ("random", record["encoder"]["arch"], input_name(record), record.get("image_size"), pool_of(record),
+                input_like(record))
     # records in different folders name the same checkpoint by different relative paths
     return (record["method"], resolve_path(record, record["checkpoint"]), pool_of(record))
 
@@ -114,8 +125,9 @@ def build_rows(records: Sequence[dict[str, Any]], pretrains: Sequence[dict[str, 
         methods[row.key[0]] = methods.get(row.key[0], 0) + 1
     for row in rows.values():
         if row.is_random:
-            _, arch, channels, size, pool = row.key
-            row.label = f"random init ({channels} input, {size} px{_pool_label(pool)})"
+            _, arch, channels, size, pool, like = row.key
+            fed = "" if like in _NAMED_BY_CHANNELS else f" as {like}"
+            row.label = f"random init ({channels} input{fed}, {size} px{_pool_label(pool)})"
         else:
             method, checkpoint, pool = row.key
             row.label = method if methods[method] == 1 else f"{method} [{Path(checkpoint).parent.name}{_pool_label(pool)}]"
@@ -200,7 +212,8 @@ def seed_of(record: dict[str, Any]) -> int | None:
 def baseline_record(row: Row, rows: Sequence[Row], kind: str, data: str | None = None,
                     seed: int | None = None) -> tuple[Row, dict[str, Any]] | None:
     """The random row (and its ``kind`` record, on ``data`` and with ``seed`` when given) of the same
-    architecture and probe size, fed the same input when one exists (L for a colorization encoder), RGB otherwise."""
+    architecture, probe size and pooling, fed as the method's task feeds its encoder when one was probed
+    (``--input-like TASK``), else with the same channels (L for colorization, Sobel for DeepCluster), else RGB."""
     def wanted(r: dict[str, Any]) -> bool:
         return (data is None or data_name(r) == data) and (seed is None or seed_of(r) == seed)
 
@@ -214,9 +227,10 @@ def baseline_record(row: Row, rows: Sequence[Row], kind: str, data: str | None =
             match = next((r for r in other.records.get(kind, []) if wanted(r)), None)
             if match is not None:
                 candidates.append((other, match))
-    same_input = [c for c in candidates if c[0].key[2] == input_name(record)]
-    rgb = [c for c in candidates if c[0].key[2] == "RGB"]
-    return (same_input or rgb or [None])[0]
+    fed_alike = [c for c in candidates if c[0].key[5] == record["method"]]
+    same_input = [c for c in candidates if c[0].key[2] == input_name(record) and c[0].key[5] in _NAMED_BY_CHANNELS]
+    rgb = [c for c in candidates if c[0].key[2] == "RGB" and c[0].key[5] in _NAMED_BY_CHANNELS]
+    return (fed_alike or same_input or rgb or [None])[0]
 
 
 def protocol_cell(kind: str, records: list[dict[str, Any]]) -> str:
