@@ -236,3 +236,20 @@ def test_a_random_encoder_fed_like_the_task_is_its_baseline(tmp_path):
     assert "+6.00" in context and "vs random init (RGB input as context, 32 px)" in context  # 30 - 24
     rotation = next(line for line in lines if line.startswith("| rotation |"))
     assert "+9.00" in rotation and "vs random init (RGB input, 32 px)" in rotation
+
+
+def test_seeds_of_one_pretraining_config_are_one_row_with_mean_and_std(tmp_path):
+    def seeded(record, seed):
+        config = {"task": "rotation", "train": {"seed": seed, "out": f"runs/s{seed}", "epochs": 4}, "data": {"workers": 1}}
+        record["pretraining"] = {"task": {"name": "rotation"}, "config": config}
+        record["protocol"]["seed"] = seed
+        return record
+
+    for seed, scores in enumerate(((35.0, 50.0, 47.0), (37.0, 52.0, 49.0), (36.0, 51.0, 48.0))):
+        write(tmp_path, f"rotation_{seed}.json",
+              seeded(linear_record("rotation", scores, checkpoint=f"runs/s{seed}/last.pt"), seed))
+        write(tmp_path, f"random_{seed}.json", seeded(linear_record("random", (30.0 + seed, 40.0, 41.0)), seed))
+    records, _ = load_records([tmp_path])
+    lines = build_report(records, title="t", command="ssl-report x").splitlines()
+    rows = [line for line in lines if line.startswith("| rotation")]
+    assert len(rows) == 1 and "51.00 ± 1.00" in rows[0], rows

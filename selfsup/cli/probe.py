@@ -251,7 +251,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         record = run_svm(context)
     else:
         record = run_classification(context, dims)
-    record["protocol"].update(probe_image_size=frozen.image_size, probe_image_size_source=frozen.image_size_source,
+    record["protocol"].update(seed=args.seed, probe_image_size=frozen.image_size,
+                              probe_image_size_source=frozen.image_size_source,
                               bn_stats=context.bn_record)
     for layer, entry in record["layers"].items():
         entry.update(dims=dims[layer], pooling=pooling[layer])

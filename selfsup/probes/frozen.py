@@ -111,8 +111,8 @@ def load_frozen(checkpoint: str, *, arch: str, width: float | None, image_size: 
         return FrozenEncoder(encoder.eval(), input_fn, size, "random", "random", record, image_size_source=source)
     state = load_checkpoint(checkpoint, trust=trust)
     task = task_from_checkpoint(state, checkpoint)
-    record = {key: state[key] for key in ("encoder", "task", "image_size", "data", "command", "git_commit", "global_step", "epoch")
-              if key in state}
+    record = {key: state[key] for key in ("encoder", "task", "image_size", "data", "config", "command", "git_commit",
+                                          "global_step", "epoch") if key in state}
     if image_size is None:
         trained_at = state.get("image_size", DataConfig.image_size)
         size, source = type(task).eval_image_size(task.cfg, trained_at), "checkpoint task scale"

@@ -8,6 +8,7 @@ commits, machines). Numbers selected on the test split (forced runs) carry a dag
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import statistics
@@ -79,8 +80,23 @@ def row_key(record: dict[str, Any]) -> tuple:
     if record["method"] == "random":
         return ("random", record["encoder"]["arch"], input_name(record), record.get("image_size"), pool_of(record),
                 input_like(record))
-    # records in different folders name the same checkpoint by different relative paths
-    return (record["method"], resolve_path(record, record["checkpoint"]), pool_of(record))
+    return (record["method"], run_group(record), pool_of(record))
+
+
+# Config fields that differ between the seeds of one experiment without changing what it is.
+_RUN_IDENTITY = {"train": ("seed", "out", "resume", "accept_config_changes"), "data": ("workers", "data_root")}
+
+
+def run_group(record: dict[str, Any]) -> str:
+    """What makes checkpoints seeds of one row: the pretraining config less seed and output folder, when the
+    record carries it; else the checkpoint itself (records in different folders name it by different
+    relative paths: resolved)."""
+    config = (record.get("pretraining") or {}).get("config")
+    if not isinstance(config, dict):
+        return resolve_path(record, record["checkpoint"])
+    kept = {section: ({k: v for k, v in values.items() if k not in _RUN_IDENTITY.get(section, ())}
+                      if isinstance(values, dict) else values) for section, values in config.items()}
+    return "config " + json.dumps(kept, sort_keys=True, default=str)
 
 
 def _pool_label(pool: str) -> str:
@@ -129,9 +145,12 @@ def build_rows(records: Sequence[dict[str, Any]], pretrains: Sequence[dict[str, 
             fed = "" if like in _NAMED_BY_CHANNELS else f" as {like}"
             row.label = f"random init ({channels} input{fed}, {size} px{_pool_label(pool)})"
         else:
-            method, checkpoint, pool = row.key
-            row.label = method if methods[method] == 1 else f"{method} [{Path(checkpoint).parent.name}{_pool_label(pool)}]"
-            row.pretrain = by_checkpoint.get(str(checkpoint))
+            method, _, pool = row.key
+            checkpoints = sorted({resolve_path(r, r["checkpoint"]) for kind in row.records.values() for r in kind})
+            runs = f"{len(checkpoints)} seeds" if len(checkpoints) > 1 else Path(checkpoints[0]).parent.name
+            row.label = method if methods[method] == 1 else f"{method} [{runs}{_pool_label(pool)}]"
+            # the first seed's pretraining stands for the row (its command, budget and throughput)
+            row.pretrain = next((by_checkpoint[c] for c in checkpoints if c in by_checkpoint), None)
     rank = {method: i for i, method in enumerate(order)}
     return sorted(rows.values(), key=lambda r: (not r.is_random, r.key[1:] if r.is_random else (rank.get(r.key[0], len(rank)),)))
 
