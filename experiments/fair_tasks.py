@@ -26,7 +26,7 @@ import os
 import shutil
 from pathlib import Path
 
-from rotation_vs_random import HERE, cifar_folder, run, tool
+from rotation_vs_random import HERE, cifar_folder, report_table, run, tool
 
 TASKS = ("rotation", "jigsaw", "context", "counting", "colorization", "deepcluster")
 # name in the record file -> extra ssl-probe arguments
@@ -69,15 +69,9 @@ def task_and_baseline(task: str, dataset: str, data: str, seed: int, minutes: fl
 
 
 def write_table(dataset: str) -> Path:
-    name = f"fair_{dataset}"
-    table = HERE / "results" / f"{name}.md"
-    notes = HERE / name / "NOTES.md"
-    run([tool("ssl-report"), f"experiments/records/{name}", "--out", str(table.relative_to(HERE.parent)),
-         "--title", f"Pretext tasks at one wall-clock budget on {dataset}, matched random encoders, seeds",
-         "--description", f"Made by: python experiments/fair_tasks.py --dataset {dataset} (one command per task). "
-         f"{SPLITS[dataset]}.", "--order", ",".join(TASKS),
-         *(["--notes", str(notes.relative_to(HERE.parent))] if notes.is_file() else [])])
-    return table
+    return report_table(f"fair_{dataset}", f"Pretext tasks at one wall-clock budget on {dataset}, matched random "
+                        "encoders, seeds", f"Made by: python experiments/fair_tasks.py --dataset {dataset} (one command "
+                        f"per task). {SPLITS[dataset]}.", TASKS)
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ import os
 import shutil
 from pathlib import Path
 
-from rotation_vs_random import HERE, cifar_folder, run, tool
+from rotation_vs_random import HERE, cifar_folder, report_table, run, tool
 
 TASKS = ("rotation", "jigsaw", "context", "counting", "colorization", "deepcluster")
 DATASETS = {
@@ -63,15 +63,9 @@ def probe_random(name: str, dataset: str, data: str, records: Path) -> None:
 
 def write_table(dataset: str) -> Path:
     """experiments/results/<dataset>_tasks.md and .png, built by ssl-report from the records alone."""
-    name = f"{dataset}_tasks"
-    table = HERE / "results" / f"{name}.md"
-    notes = HERE / name / "NOTES.md"
-    run([tool("ssl-report"), f"experiments/records/{name}", "--out", str(table.relative_to(HERE.parent)),
-         "--title", f"Pretext tasks at one CPU budget on {dataset}: conv1..conv5 linear probes",
-         "--description", f"Made by: python experiments/pretext_tasks.py --dataset {dataset}. "
-         f"{DATASETS[dataset]['splits']}.", "--order", ",".join(TASKS),
-         *(["--notes", str(notes.relative_to(HERE.parent))] if notes.is_file() else [])])
-    return table
+    return report_table(f"{dataset}_tasks", f"Pretext tasks at one CPU budget on {dataset}: conv1..conv5 linear probes",
+                        f"Made by: python experiments/pretext_tasks.py --dataset {dataset}. "
+                        f"{DATASETS[dataset]['splits']}.", TASKS)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -74,6 +75,17 @@ def pretrain_and_probe(task: str, data: str, runs: Path, records: Path, extra: l
     run([tool("ssl-pretrain"), "--task", task, *extra, "--data", data, "--out", str(out)])
     shutil.copy(out / "summary.json", records / f"pretrain_{task}.json")
     run([tool("ssl-probe"), "--checkpoint", str(out / "last.pt"), "--freeze", "all", "--out", str(records / f"probe_{task}.json")])
+
+
+def report_table(name: str, title: str, description: str, order: Sequence[str]) -> Path:
+    """experiments/results/<name>.md and .png, built by ssl-report from experiments/records/<name> alone, with
+    experiments/<name>/NOTES.md appended when it exists."""
+    table = HERE / "results" / f"{name}.md"
+    notes = HERE / name / "NOTES.md"
+    run([tool("ssl-report"), f"experiments/records/{name}", "--out", str(table.relative_to(HERE.parent)),
+         "--title", title, "--description", description, "--order", ",".join(order),
+         *(["--notes", str(notes.relative_to(HERE.parent))] if notes.is_file() else [])])
+    return table
 
 
 def write_table(name: str, dataset: str) -> Path:
