@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--rotation", help="rotation checkpoint (demo: default = pretrain one first)")
     parser.add_argument("--supervised", help="supervised checkpoint (demo: default = pretrain one first)")
     parser.add_argument("--runs", default="runs/experiments", help="folder for checkpoints (not committed)")
-    parser.add_argument("--scratch", default="/tmp/selfsup-voc", help="voc-real: where the archives are extracted")
+    parser.add_argument("--scratch", default="runs/data/voc", help="voc-real: where the archives are extracted (inside the checkout, so records store it relative)")
     parser.add_argument("--shared-data", default=str(SHARED_DATA), help="voc-real: folder holding the VOC archives")
     parser.add_argument("--seeds", type=int_list_or_zero, default=[0], help="voc-real: seeds, e.g. 0,1,2 (default 0)")
     parser.add_argument("--methods", default="rotation,supervised,random",

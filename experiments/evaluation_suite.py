@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="pretrained checkpoint (demo: default = pretrain rotation first)")
     parser.add_argument("--image-size", type=int, default=64, help="voc-real: probe input size")
     parser.add_argument("--runs", default="runs/experiments", help="folder for checkpoints (not committed)")
-    parser.add_argument("--scratch", default="/tmp/selfsup-voc", help="voc-real: where the archives are extracted")
+    parser.add_argument("--scratch", default="runs/data/voc", help="voc-real: where the archives are extracted (inside the checkout, so records store it relative)")
     parser.add_argument("--shared-data", default=str(SHARED_DATA), help="voc-real: folder holding the VOC archives")
     parser.add_argument("--table-only", action="store_true", help="rebuild the table from the committed records")
     args = parser.parse_args()

@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2", help="pretraining and probe seeds, comma-separated")
     parser.add_argument("--minutes", type=float, default=5.0, help="pretraining wall-clock budget per seed")
     parser.add_argument("--data", help="override the data (default: demo, or CIFAR-10 extracted from ../shared/data)")
-    parser.add_argument("--scratch", default="/tmp/selfsup-cifar10", help="where the CIFAR-10 archive is extracted")
+    parser.add_argument("--scratch", default="runs/data/cifar10", help="where the CIFAR-10 archive is extracted (inside the checkout, so records store it relative)")
     parser.add_argument("--runs", default="runs/experiments", help="folder for checkpoints and logs (not committed)")
     parser.add_argument("--table-only", action="store_true", help="rebuild the table from the committed records")
     args = parser.parse_args()

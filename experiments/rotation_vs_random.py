@@ -102,7 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=sorted(PRESETS), required=True)
     parser.add_argument("--data", help="override the data (default: demo, or CIFAR-10 extracted from ../shared/data)")
-    parser.add_argument("--scratch", default="/tmp/selfsup-cifar10", help="where the CIFAR-10 archive is extracted")
+    parser.add_argument("--scratch", default="runs/data/cifar10", help="where the CIFAR-10 archive is extracted (inside the checkout, so records store it relative)")
     parser.add_argument("--runs", default="runs/experiments", help="folder for checkpoints and logs (not committed)")
     parser.add_argument("--supervised", action="store_true", help="also train and probe the supervised upper bound")
     parser.add_argument("--table-only", action="store_true", help="rebuild the table from the committed records")
