@@ -11,8 +11,8 @@ demo: the rotation and supervised demo checkpoints (pretrained first with `ssl-p
 voc-real: the real photos of ../shared/data (raccoon: 1 class, 120 train images; fruits: 3 classes, 192
 train images) at one fixed CPU budget: about 1,500 training images per run (EPOCHS below), the default
 128 px short side. Encoders are pretrained elsewhere on CIFAR-10 (no detection data), e.g.
-    ssl-pretrain --task rotation --config experiments/cifar10_rotation.yaml --data /tmp/selfsup-cifar10/cifar10
-    ssl-pretrain --task supervised --config experiments/cifar10_rotation.yaml --data /tmp/selfsup-cifar10/cifar10
+    ssl-pretrain --task rotation --config experiments/cifar10_rotation.yaml --data runs/data/cifar10/cifar10
+    ssl-pretrain --task supervised --config experiments/cifar10_rotation.yaml --data runs/data/cifar10/cifar10
 so that "supervised" means the same encoder and budget trained on CIFAR-10's labels.
 Records go to experiments/records/<suite>_detection/, the table to experiments/results/<suite>_detection.md.
 """
