@@ -33,3 +33,10 @@ def make_image_folder(root: Path, per_class: dict[str, int], size: int = 40, see
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("tiny"), {"train": 16, "val": 4, "test": 4})
+
+
+def one_error_line(capsys: pytest.CaptureFixture) -> str:
+    """The command's only stderr line, which must be a user error (``error: ...``)."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    return err[0]

@@ -36,6 +36,7 @@ from selfsup.transfer.detection import (
     resolve_backbone,
 )
 from selfsup.transfer.rescale import measure_outputs, rescalable_units, rescale_within_layer
+from conftest import one_error_line
 
 CLASSES = ("disc", "square")
 
@@ -288,12 +289,6 @@ def test_selection_on_test_is_refused(tmp_path, capsys):
 # ------------------------------------------------------------------ bad input: one line, exit status 2
 
 MISSING_CHECKPOINT = "/nonexistent/selfsup/last.pt"  # an option error must come before the checkpoint is read
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error:"), err
-    return err[0]
 
 
 def fake_checkpoint(path: Path, task: str = "rotation", edit=None) -> Path:

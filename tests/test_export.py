@@ -19,6 +19,7 @@ from selfsup.models import build_encoder
 from selfsup.pretext.base import normalize_rgb
 from selfsup.pretext.deepcluster import sobel_input
 from selfsup.transfer.export import detectron2_key, export_backbone, load_exported, load_pretrained
+from conftest import one_error_line
 
 NORM = ("weight", "bias", "running_mean", "running_var")
 
@@ -234,12 +235,6 @@ def test_cli_exports_a_deepcluster_sobel_checkpoint_as_three_channels(tiny_folde
 
 
 # ------------------------------------------------------------------ bad input: one line, exit status 2
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error:"), err
-    return err[0]
 
 
 def test_unusable_out_is_refused_before_the_checkpoint_is_read(tmp_path, capsys):

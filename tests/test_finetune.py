@@ -12,6 +12,7 @@ from selfsup.cli.finetune import main as finetune_main
 from selfsup.cli.pretrain import main as pretrain_main
 from selfsup.models import build_encoder
 from selfsup.probes.finetune import MultiLabel, build_classifier, column_name, trained_from
+from conftest import one_error_line
 
 FAST = ["--epochs", "2", "--batch-size", "12", "--workers", "0"]
 TINY_PRETRAIN = ["--epochs", "1", "--batch-size", "8", "--workers", "0", "--image-size", "16", "--width", "0.25"]
@@ -213,12 +214,6 @@ def test_multilabel_loss_ignores_difficult_only_labels():
 # ------------------------------------------------------------------ bad input: one line, exit status 2
 
 MISSING_CHECKPOINT = "/nonexistent/selfsup/last.pt"  # an option error must come before the checkpoint is read
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error:"), err
-    return err[0]
 
 
 @pytest.mark.parametrize("argv, named", [

@@ -5,6 +5,7 @@ from PIL import Image
 from selfsup.cli.inspect import main as inspect_main
 from selfsup.models import build_encoder
 from selfsup.pretext import build_task
+from conftest import one_error_line
 
 
 def test_inspect_writes_a_captioned_png_of_the_rotated_inputs(tiny_folder, tmp_path):
@@ -16,12 +17,6 @@ def test_inspect_writes_a_captioned_png_of_the_rotated_inputs(tiny_folder, tmp_p
 
 
 # ------------------------------------------------------------------ bad input: one line, exit status 2
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error:"), err
-    return err[0]
 
 
 def fake_checkpoint(path, edit=None):

@@ -6,6 +6,7 @@ import torch
 
 from selfsup.cli.pretrain import main as pretrain_main
 from selfsup.cli.probe import main as probe_main
+from conftest import one_error_line
 
 FAST = ["--epochs", "3", "--batch-size", "12", "--workers", "0"]
 
@@ -158,12 +159,6 @@ def test_svm_probe_reports_ap_per_class_and_map(tiny_checkpoint, tiny_folder, tm
 # ------------------------------------------------------------------ bad input: one line, exit status 2
 
 MISSING_CHECKPOINT = "/nonexistent/selfsup/last.pt"  # an option error must come before the checkpoint is read
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error:"), err
-    return err[0]
 
 
 def edited_copy(checkpoint: Path, folder: Path, edit) -> Path:
