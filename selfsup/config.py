@@ -145,7 +145,7 @@ def to_dict(obj: Any) -> dict[str, Any]:
 # resumed step on, which is how a run that ended by its budget is extended.
 RESUMABLE_CHANGES = frozenset({
     "train.epochs", "train.max_steps", "train.max_minutes", "train.resume", "train.accept_config_changes",
-    "train.out", "train.checkpoint_every", "train.log_every", "data.workers", "data.data_root",
+    "train.out", "train.checkpoint_every", "train.keep_every", "train.log_every", "data.workers", "data.data_root",
 })
 # Fields no resumed run may change: the checkpoint's weights, heads and epoch position depend on them.
 FIXED_ON_RESUME = ("task", "model.", "pretext.", "train.batch_size")
@@ -265,6 +265,8 @@ class TrainConfig:
     seed: int = option(0, min=0)
     out: str = option("runs/{task}", "output folder; {task} and {arch} are filled in")
     checkpoint_every: int = option(100, "also checkpoint every N steps (0 = at epoch ends only)", min=0)
+    keep_every: int = option(0, "also keep a copy of the checkpoint every N steps as step_NNNNNN.pt beside last.pt, "
+                                "to probe the encoder along pretraining (0 = none)", min=0)
     log_every: int = option(10, "TensorBoard scalar interval in steps", min=1)
     resume: bool = option(False, "continue from <out>/last.pt")
     accept_config_changes: bool = option(False, "with resume: continue although the config differs from the "

@@ -272,7 +272,8 @@ class Trainer:
             "rng": rng_state(),
         }
 
-    def _save_checkpoint(self) -> None:
+    def _save_checkpoint(self, path: Path | None = None) -> None:
+        """Writes the training state to ``path`` (default: last.pt)."""
         if not self.dist.is_main:
             return
         bad = nonfinite_tensors(self.model.state_dict())
@@ -282,7 +283,7 @@ class Trainer:
                 f"(e.g. {bad[0]}); they were not saved ({self._kept_text()}); "
                 f"lower optim.lr (now {self.optim_cfg.lr:g}) or set optim.grad_clip"
             )
-        atomic_save(self.state_dict(), self.checkpoint_path)
+        atomic_save(self.state_dict(), path or self.checkpoint_path)
 
     def _kept_text(self) -> str:
         if self.checkpoint_path.is_file():
@@ -551,6 +552,8 @@ class Trainer:
                 and self.step_in_epoch < self.steps_per_epoch
             ):
                 self._save_checkpoint()
+            if self.cfg.keep_every and self.global_step % self.cfg.keep_every == 0:
+                self._save_checkpoint(self.checkpoint_path.with_name(f"step_{self.global_step:06d}.pt"))
 
     def _seconds_left(self, rate: float) -> float:
         """Until the first budget ends, at ``rate`` images/s."""

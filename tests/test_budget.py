@@ -97,6 +97,18 @@ def test_max_steps_ends_the_run_at_that_step_with_the_schedule_ended(tiny_folder
     assert "ended by        max_steps at step 7 (budgets: 2 epochs, 7 steps)" in capsys.readouterr().out
 
 
+def test_keep_every_keeps_a_loadable_checkpoint_at_each_multiple_of_its_steps(tiny_folder, tmp_path):
+    out = tmp_path / "run"
+    assert pretrain_main(run_args(tiny_folder, out, "--max-steps", "7", "--keep-every", "3")) == 0
+    assert sorted(path.name for path in out.glob("step_*.pt")) == ["step_000003.pt", "step_000006.pt"]
+    kept = load_checkpoint(out / "step_000006.pt")
+    assert kept["global_step"] == 6 and kept["config"]["train"]["keep_every"] == 3
+    last = load_checkpoint(out / "last.pt")
+    assert last["global_step"] == 7
+    # a kept checkpoint is a snapshot: its weights differ from the last one's
+    assert not all(torch.equal(kept["model"][name], value) for name, value in last["model"].items())
+
+
 def test_the_epochs_end_the_run_when_they_come_first(tiny_folder, tmp_path):
     out = tmp_path / "run"
     assert pretrain_main(run_args(tiny_folder, out, "--max-steps", "100", "--max-minutes", "60")) == 0

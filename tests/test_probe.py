@@ -108,6 +108,57 @@ def test_save_features_writes_pooled_features_labels_and_indices(tiny_checkpoint
     assert np.load(folder / "test_indices.npy").tolist() == list(range(12))
 
 
+def test_train_images_trains_the_probe_on_a_stratified_subset_and_says_so(tiny_checkpoint, tmp_path):
+    import numpy as np
+
+    folder = tmp_path / "features"
+    assert probe_main(["--checkpoint", str(tiny_checkpoint), "--freeze", "conv2", "--train-images", "9",
+                       "--save-features", str(folder), "--out", str(tmp_path / "probe.json"), *FAST,
+                       "--batch-size", "4"]) == 0
+    record = json.loads((tmp_path / "probe.json").read_text())
+    labels = np.load(folder / "train_labels.npy")
+    assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # 9 images, 3 of each class
+    assert "stratified subset (seed 0)" in record["splits"]["train"] and "(9 images" in record["splits"]["train"]
+    assert np.load(folder / "test_indices.npy").tolist() == list(range(12))  # test stays whole
+
+
+def test_also_gives_the_records_of_separate_knn_and_global_pool_runs_from_one_pass(tiny_checkpoint, tmp_path):
+    common = ["--checkpoint", str(tiny_checkpoint), "--bn-stats", "train", "--knn-k", "1,5", *FAST]
+    assert probe_main([*common, "--also", "knn,global", "--out", str(tmp_path / "linear.json")]) == 0
+    assert probe_main([*common, "--method", "knn", "--out", str(tmp_path / "knn.json")]) == 0
+    assert probe_main([*common, "--pool", "global", "--out", str(tmp_path / "global.json")]) == 0
+    for name in ("knn", "global"):
+        shared = json.loads((tmp_path / f"linear.{name}.json").read_text())
+        alone = json.loads((tmp_path / f"{name}.json").read_text())
+        assert shared["layers"] == alone["layers"], name
+        assert (shared["kind"], shared["pool_preset"]) == (alone["kind"], alone["pool_preset"])
+        assert "--also" in shared["protocol"]["shared_pass"]
+    linear = json.loads((tmp_path / "linear.json").read_text())
+    assert linear["pool_preset"] == "auto" and "shared_pass" not in linear["protocol"]
+    assert json.loads((tmp_path / "linear.global.json").read_text())["layers"]["conv2"]["dims"] == 48  # its channels
+
+
+def test_bf16_features_are_close_to_fp32_ones(tiny_checkpoint, tiny_folder):
+    from selfsup.data.loading import BadFileLog, CenterCrop, eval_loader
+    from selfsup.data.sources import open_splits
+    from selfsup.engine import autocast_context
+    from selfsup.probes.frozen import load_frozen
+    from selfsup.probes.linear import extract_features
+    from selfsup.probes.pooling import build_pool
+
+    frozen = load_frozen(str(tiny_checkpoint), arch="alexnet_small", width=None, image_size=None, seed=0)
+    shapes = frozen.encoder.feature_shapes(frozen.image_size)
+    pools = {layer: build_pool("auto", layer, shapes[layer])[0] for layer in ("conv1", "conv3", "conv5")}
+    loader = eval_loader(open_splits(str(tiny_folder)).test, CenterCrop(frozen.image_size, 1.0), batch_size=8, workers=0)
+    device = torch.device("cpu")
+    plain, fast = (extract_features(frozen.encoder.eval(), frozen.input_fn, pools, loader, device, "test", BadFileLog().add,
+                                    autocast=lambda: autocast_context(precision, device)) for precision in ("fp32", "bf16"))
+    for layer in pools:
+        a, b = plain.features[layer].float(), fast.features[layer].float()
+        assert not torch.equal(a, b)  # bf16 did run
+        assert (a - b).norm() / a.norm() < 0.03, layer
+
+
 def test_knn_probe_chooses_k_on_val_and_reports_test(tiny_checkpoint, tmp_path):
     out = tmp_path / "knn.json"
     assert probe_main(["--checkpoint", str(tiny_checkpoint), "--method", "knn", "--knn-k", "1,5,20",
@@ -176,6 +227,12 @@ def edited_copy(checkpoint: Path, folder: Path, edit) -> Path:
     (["--draws", "0"], "--draws 0"),
     (["--image-size", "0"], "--image-size 0"),
     (["--workers", "-1"], "--workers -1"),
+    (["--train-images", "1"], "--train-images 1"),
+    (["--also", "svm"], "--also svm is invalid"),
+    (["--also", "knn", "--method", "knn"], "--also reuses"),
+    (["--also", "global", "--pool", "global"], "--also global with --pool global"),
+    (["--precision", "fp16"], "--precision"),
+    (["--train-images", "9", "--shots", "1"], "--train-images applies"),
     (["--lr", "0"], "--lr 0 is invalid"),
     (["--lr", "nan"], "--lr"),
     (["--knn-temperature", "inf"], "--knn-temperature"),

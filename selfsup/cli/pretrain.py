@@ -63,6 +63,8 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "--seed": ("train.seed", int, "random seed"),
     "--out": ("train.out", str, "output folder"),
     "--checkpoint-every": ("train.checkpoint_every", int, "checkpoint interval in steps"),
+    "--keep-every": ("train.keep_every", int, "also keep a copy of the checkpoint every N steps as step_NNNNNN.pt "
+                                              "(to probe along pretraining; 0 = none)"),
     "--data-layout": ("data.layout", str, "how a folder of images is read: auto, flat or classes"),
     "--resume": ("train.resume", bool, "continue from <out>/last.pt (its config must match; see the README's Safety)"),
     "--accept-config-changes": ("train.accept_config_changes", bool,

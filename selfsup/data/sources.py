@@ -412,6 +412,16 @@ def stratified_holdout(
     return _gather(groups, taken, sizes), parts
 
 
+def stratified_subset(source: ImageSource, count: int, seed: int) -> ImageSource:
+    """About ``count`` items of a labelled ``source``, the same share of every class, drawn with ``seed``
+    (``stratified_holdout``'s first part); ``source`` itself when it holds no more than ``count``."""
+    if count >= len(source):
+        return source
+    labels = np.array([source.label(index) for index in range(len(source))], dtype=np.int64)
+    _, (part,) = stratified_holdout(labels, [count / len(source)], seed)
+    return IndexedSource(source, part, f"stratified subset (seed {seed}) of {source.describe()}, kept")
+
+
 def _gather(groups: list[np.ndarray], starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
     pieces = [group[start:stop] for group, start, stop in zip(groups, starts, stops)]
     return np.sort(np.concatenate(pieces)) if pieces else np.empty(0, dtype=np.int64)

@@ -9,7 +9,8 @@ that mismatch while keeping every learned weight.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator
+import contextlib
+from typing import Callable, ContextManager, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -49,9 +50,10 @@ def loader_images(loader: Iterable, on_bad: Callable[[list[str]], None]) -> Iter
 
 @torch.no_grad()
 def reestimate_bn_statistics(encoder: nn.Module, input_fn: Callable[[Tensor], Tensor], batches: Iterable[Tensor],
-                             device: torch.device) -> int:
+                             device: torch.device, autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> int:
     """Sets every BatchNorm's running mean and (unbiased) variance to those of its input over all images of
-    ``batches`` (float [0, 1] RGB), fed through ``input_fn``, and returns how many images were used.
+    ``batches`` (float [0, 1] RGB), fed through ``input_fn`` (the forward inside ``autocast()``), and returns
+    how many images were used.
 
     The pass runs the BatchNorms in training mode, each normalising with its batch's statistics, so that a
     deeper BatchNorm sees inputs like those it saw in training; the rest of the encoder stays in eval mode.
@@ -82,7 +84,8 @@ def reestimate_bn_statistics(encoder: nn.Module, input_fn: Callable[[Tensor], Te
             # training-mode BatchNorm cannot normalise a single value per channel (1x1 maps of one image)
             if len(images) < 2:
                 continue
-            encoder(input_fn(images.to(device)))
+            with autocast():
+                encoder(input_fn(images.to(device)))
             images_seen += len(images)
     finally:
         for handle in handles:

@@ -7,12 +7,13 @@ with the selected heads.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, ContextManager, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -70,26 +71,38 @@ class FeatureSet:
     def subset(self, rows: Tensor) -> FeatureSet:
         return FeatureSet({layer: f[rows] for layer, f in self.features.items()}, self.labels[rows], self.indices[rows])
 
+    def renamed(self, names: Mapping[str, str]) -> FeatureSet:
+        """The features of the keys of ``names`` only, each under its new name."""
+        return FeatureSet({new: self.features[old] for old, new in names.items()}, self.labels, self.indices)
+
 
 def encode(encoder: Encoder, input_fn: Callable[[Tensor], Tensor], pools: Mapping[str, nn.Module], batch: Batch,
-           device: torch.device) -> dict[str, Tensor]:
+           device: torch.device, taps: Mapping[str, str] | None = None,
+           autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> dict[str, Tensor]:
+    """Pooled features of ``batch`` per name of ``pools``; ``taps`` maps a name to the encoder layer it pools
+    (by default the name is the layer), so that several poolings of one layer come from one forward pass.
+    ``autocast()`` wraps the encoder's forward (e.g. bf16); pooling runs in float32."""
+    taps = taps or {}
     images = batch.images.to(device, non_blocking=True).float().div_(255)
     with torch.no_grad():
-        maps = encoder.forward_taps(input_fn(images), list(pools))
-        return {layer: pool(maps[layer].float()) for layer, pool in pools.items()}
+        with autocast():
+            maps = encoder.forward_taps(input_fn(images), list(dict.fromkeys(taps.get(name, name) for name in pools)))
+        return {name: pool(maps[taps.get(name, name)].float()) for name, pool in pools.items()}
 
 
 @torch.no_grad()
 def extract_features(encoder: Encoder, input_fn: Callable[[Tensor], Tensor], pools: Mapping[str, nn.Module], loader,
-                     device: torch.device, desc: str, on_bad: Callable[[list[str]], None]) -> FeatureSet:
-    """Pooled features of every image of ``loader`` for every layer of ``pools``, on the CPU.
+                     device: torch.device, desc: str, on_bad: Callable[[list[str]], None],
+                     taps: Mapping[str, str] | None = None,
+                     autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> FeatureSet:
+    """Pooled features of every image of ``loader`` for every name of ``pools`` (see `encode`), on the CPU.
 
     Stored as bfloat16 to halve the memory of the cache: about three significant digits, which
     is plenty for features that the probe's BatchNorm rescales (or kNN/SVM L2-normalise) anyway.
     Unreadable images are skipped (and counted by ``on_bad``): ``indices`` says which source
     image each row is.
     """
-    chunks: dict[str, list[Tensor]] = {layer: [] for layer in pools}
+    chunks: dict[str, list[Tensor]] = {name: [] for name in pools}
     labels: list[Tensor] = []
     indices: list[Tensor] = []
     # in a log file (no terminal) a line every 30 s, not every 0.1 s
@@ -98,13 +111,13 @@ def extract_features(encoder: Encoder, input_fn: Callable[[Tensor], Tensor], poo
         on_bad(batch.bad_files)
         if batch.images.numel() == 0:
             continue
-        for layer, features in encode(encoder, input_fn, pools, batch, device).items():
-            chunks[layer].append(features.to(torch.bfloat16).cpu())
+        for name, features in encode(encoder, input_fn, pools, batch, device, taps, autocast).items():
+            chunks[name].append(features.to(torch.bfloat16).cpu())
         labels.append(batch.labels)
         indices.append(batch.indices)
     if not labels:
         raise DataError(f"no readable image in the {desc} split")
-    return FeatureSet({layer: torch.cat(parts) for layer, parts in chunks.items()}, torch.cat(labels), torch.cat(indices))
+    return FeatureSet({name: torch.cat(parts) for name, parts in chunks.items()}, torch.cat(labels), torch.cat(indices))
 
 
 def topk_correct(logits: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) -> list[int]:
@@ -198,7 +211,8 @@ def cached_batches(features: dict[str, Tensor], labels: Tensor, batch_size: int,
 
 
 def streamed_batches(encoder: Encoder, input_fn: Callable[[Tensor], Tensor], heads: LinearHeads, loader,
-                     device: torch.device, on_bad: Callable[[list[str]], None]):
+                     device: torch.device, on_bad: Callable[[list[str]], None],
+                     autocast: Callable[[], ContextManager] = contextlib.nullcontext):
     """Batches pooled on the fly from a loader (used when features are augmented or too big to cache)."""
 
     def batches(epoch: int = 0):
@@ -208,6 +222,6 @@ def streamed_batches(encoder: Encoder, input_fn: Callable[[Tensor], Tensor], hea
         for batch in loader:
             on_bad(batch.bad_files)
             if batch.images.numel():
-                yield encode(encoder, input_fn, heads.pools, batch, device), batch.labels.to(device)
+                yield encode(encoder, input_fn, heads.pools, batch, device, autocast=autocast), batch.labels.to(device)
 
     return batches
