@@ -253,3 +253,23 @@ def test_seeds_of_one_pretraining_config_are_one_row_with_mean_and_std(tmp_path)
     lines = build_report(records, title="t", command="ssl-report x").splitlines()
     rows = [line for line in lines if line.startswith("| rotation")]
     assert len(rows) == 1 and "51.00 ± 1.00" in rows[0], rows
+
+
+def test_knn_seeds_get_mean_std_per_layer_and_a_delta_against_random_knn(tmp_path):
+    def knn(record):
+        record.update(kind="knn", protocol={"name": "knn", "ks": [10, 20], "temperature": 0.07,
+                                            "seed": record["protocol"].get("seed")})
+        for entry in record["layers"].values():
+            entry["k"] = 10
+        return record
+
+    for seed in range(3):
+        write(tmp_path, f"rotation_{seed}.json", knn(linear_record("rotation", (30.0, 50.0 + seed, 40.0), seed=seed)))
+        write(tmp_path, f"random_{seed}.json", knn(linear_record("random", (30.0, 40.0, 44.0 + seed), seed=seed)))
+    report = build_report(load_records([tmp_path])[0], title="t", command="c")
+    knn_table = report.split("## kNN top-1 per layer")[1].split("##")[0]
+    # rotation: conv2 51 ± 1 (the layer of its best mean val top-1, also in the main table's kNN column);
+    # random's best layer is conv3, 45 ± 1: Δ +6.00 ± sqrt(1/3 + 1/3)
+    assert "| rotation | 30.00 ± 0.00 | 51.00 ± 1.00 | 40.00 ± 0.00 | 51.00 ± 1.00 | +6.00 ± 0.82 * " in knn_table
+    assert "| random init (RGB input, 32 px) | 30.00 ± 0.00 | 40.00 ± 0.00 | 45.00 ± 1.00 | 45.00 ± 1.00 |  |" in knn_table
+    assert "51.00 ± 1.00 (conv2)" in report.split("## kNN")[0]

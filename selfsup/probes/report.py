@@ -260,6 +260,9 @@ def protocol_cell(kind: str, records: list[dict[str, Any]]) -> str:
     if not layers:
         return ""
     mark = _forced(record)
+    if kind == "knn" and len(records) > 1:  # seeds: the layer of the best mean val top-1
+        layer = max(layers, key=lambda name: statistics.fmean(r["layers"][name]["val_top1"] for r in records))
+        return f"{mean_std(layer_values(records, layer), mark)} ({layer})"
     if kind == "knn":
         layer = max(layers, key=lambda name: layers[name]["val_top1"])
         return f"{layers[layer]['test_top1']:.2f}{mark} ({layer})"
@@ -322,25 +325,9 @@ def main_table(rows: Sequence[Row], published: bool = False) -> list[str]:
         header.append("pretrain min")
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for row in rows:
-        seeds = row.records.get(LINEAR, [])  # one record per seed
         cells = [row.label]
         if layers:
-            if not seeds:
-                cells += [""] * (len(layers) + 2)
-            else:
-                mark = FORCED_MARK if any(r.get("forced_test_selection") for r in seeds) else ""
-                cells += [mean_std(layer_values(seeds, layer), mark) if layer_values(seeds, layer) else ""
-                          for layer in layers]
-                _, best = best_layer_values(seeds)
-                cells.append(mean_std(best, mark))
-                base = baseline_record(row, rows, LINEAR)
-                if base is None:
-                    cells.append("")
-                else:
-                    base_seeds = base[0].records[LINEAR]
-                    compared = delta_text(best, best_layer_values(base_seeds)[1], test_images(seeds[0]),
-                                          test_images(base_seeds[0]))
-                    cells.append(f"{compared}; vs {base[0].label})")
+            cells += seed_cells(row, rows, LINEAR, layers)
         for kind, name in columns:
             found = [r for r in row.records.get(kind, []) if name is None or data_name(r) == name]
             cells.append(protocol_cell(kind, found) if found else "")
@@ -360,11 +347,33 @@ def main_table(rows: Sequence[Row], published: bool = False) -> list[str]:
     return lines
 
 
+def seed_cells(row: Row, rows: Sequence[Row], kind: str, layers: Sequence[str]) -> list[str]:
+    """Test top-1 per layer and at the best layer (mean ± std over the row's seeds), and Δ against the
+    matched random row's best layer with its spread and significance."""
+    seeds = row.records.get(kind, [])  # one record per seed
+    if not seeds:
+        return [""] * (len(layers) + 2)
+    mark = FORCED_MARK if any(r.get("forced_test_selection") for r in seeds) else ""
+    cells = [mean_std(layer_values(seeds, layer), mark) if layer_values(seeds, layer) else "" for layer in layers]
+    _, best = best_layer_values(seeds)
+    cells.append(mean_std(best, mark))
+    base = baseline_record(row, rows, kind)
+    if base is None:
+        return [*cells, ""]
+    base_seeds = base[0].records[kind]
+    compared = delta_text(best, best_layer_values(base_seeds)[1], test_images(seeds[0]), test_images(base_seeds[0]))
+    return [*cells, f"{compared}; vs {base[0].label})"]
+
+
 def per_layer_table(rows: Sequence[Row], kind: str, metric: str) -> list[str]:
     layers: list[str] = []
     for row in rows:
         for record in row.records.get(kind, []):
             layers += [layer for layer in record["layers"] if layer not in layers]
+    if kind == "knn" and any(len(row.records.get(kind, [])) > 1 for row in rows):  # seeds: as the main table
+        lines = ["| method | " + " | ".join(layers) + " | best | Δ vs random |", "|---" * (len(layers) + 3) + "|"]
+        return lines + [f"| {row.label} | " + " | ".join(seed_cells(row, rows, kind, layers)) + " |"
+                        for row in rows if row.records.get(kind)]
     lines = ["| method | " + " | ".join(layers) + " |", "|---" * (len(layers) + 1) + "|"]
     for row in rows:
         for record in row.records.get(kind, []):
@@ -452,7 +461,9 @@ def lowshot_table(rows: Sequence[Row], kind: str) -> list[str]:
 
 
 def pretrain_table(rows: Sequence[Row]) -> list[str]:
-    summaries = [(row.label, row.pretrain) for row in rows if row.pretrain]
+    shown: set[int] = set()  # a run probed with several poolings heads one row per pooling: list it once
+    summaries = [(row.label, row.pretrain) for row in rows
+                 if row.pretrain and not (id(row.pretrain) in shown or shown.add(id(row.pretrain)))]
     if not summaries:
         return []
     lines = ["| method | epochs | steps | min | images/s | pretext metric (epoch averages over training batches) |",
