@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 from pathlib import Path
 
-from rotation_vs_random import HERE, SHARED_DATA, run, shared_voc_folder, tool
+from rotation_vs_random import HERE, SHARED_DATA, copy_summary, run, shared_voc_folder, tool
 
 # voc-real budget: epochs per data set so that every run trains on about 1,500 images
 EPOCHS = {"raccoon_voc": 12, "fruits_voc": 8}
@@ -38,7 +37,7 @@ def int_list_or_zero(text: str) -> list[int]:
 def copy_pretraining(checkpoint: str, records: Path, method: str) -> None:
     summary = Path(checkpoint).parent / "summary.json"
     if summary.is_file():
-        shutil.copy(summary, records / f"pretrain_{method}.json")
+        copy_summary(summary, records / f"pretrain_{method}.json")
 
 
 def demo_suite(records: Path, runs: Path, checkpoints: dict[str, str | None]) -> None:

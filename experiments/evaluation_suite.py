@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 from pathlib import Path
 
-from rotation_vs_random import HERE, SHARED_DATA, run, shared_voc_folder, tool
+from rotation_vs_random import HERE, SHARED_DATA, copy_summary, run, shared_voc_folder, tool
 
 VOC_SETS = ("raccoon_voc", "fruits_voc")
 
@@ -29,7 +28,7 @@ def demo_suite(records: Path, runs: Path, checkpoint: str | None) -> None:
         checkpoint = str(out / "last.pt")
     summary = Path(checkpoint).parent / "summary.json"
     if summary.is_file():
-        shutil.copy(summary, records / "pretrain_rotation.json")
+        copy_summary(summary, records / "pretrain_rotation.json")
     for name, source in (("rotation", checkpoint), ("random", "random")):
         probe = [tool("ssl-probe"), "--checkpoint", source, "--data", "demo", "--freeze", "all"]
         run([*probe, "--out", str(records / f"linear_{name}.json")])

@@ -2,23 +2,24 @@
 task feeds its own, with seeds, under three probe protocols: the ~9k-dim linear probe, a linear probe on
 globally average-pooled features (one value per channel) and kNN.
 
-Each task pretrains with its demo preset and, on CIFAR-10, the options of
+Each task pretrains once (seed 0) with its demo preset and, on CIFAR-10, the options of
 ``experiments/cifar10_tasks/<task>.yaml``, but for ``--minutes`` of wall time whatever its epochs
-(``ssl-pretrain --max-minutes``: the schedule is fitted to the time), keeping a copy of its checkpoint
-every ``--keep-every`` steps. Probes follow ssl-probe's evaluation rules: the checkpoint's crop size times
-the task's content scale, the task's evaluation input, and BatchNorm statistics chosen on val by the
-linear probe (``--bn-stats auto``; the global-pool and kNN probes of the same encoder and seed reuse that
-choice). Each probe seed draws its own val split and its own ``--train-images`` training images. The
-random encoder of each probe seed (initialised with that seed) is probed at the same size, fed like the
-task (``--input-like TASK``), under the same protocols. Records go to experiments/records/fair_<dataset>/,
-the table (mean ± std over seeds, Δ with Welch's t-test) to experiments/results/fair_<dataset>.md,
-rebuilt from the records alone with --table-only.
+(``ssl-pretrain --max-minutes``: the schedule is fitted to the time); rotation and jigsaw keep a copy of
+their checkpoint every few steps for the budget curves. Each encoder is probed with probe seeds 0, 1, 2
+(each seed draws its own val split and its own ``--train-images`` training images, and initialises the
+heads; for the random encoders it also draws the weights) by one ssl-probe run per seed that gives all
+three protocols from one feature pass (``--also knn,global``), at the checkpoint's crop size times the
+task's content scale, through the task's evaluation input, with BatchNorm statistics re-estimated on the
+probe's train split for every encoder alike. The random encoder of each seed is probed at the same size,
+fed like the task (``--input-like TASK``). Records go to experiments/records/fair_<dataset>/, the table
+(mean ± std over seeds, Δ with Welch's t-test) to experiments/results/fair_<dataset>.md, rebuilt from the
+records alone with --table-only; the budget curves to experiments/results/fair_<dataset>_curves.{md,png}.
 
-One command per task keeps each under about 25 minutes on 2 cores; --curve probes a task's kept
-checkpoints (the budget curve) and --table-only rebuilds the table and the curve chart:
+Each command stays under about 25 minutes on 2 cores (the 64 px tasks, jigsaw and context, in two parts):
 
-    python experiments/fair_tasks.py --dataset cifar10 --task rotation
-    python experiments/fair_tasks.py --dataset cifar10 --curve rotation
+    python experiments/fair_tasks.py --dataset cifar10 --task rotation          # rotation, counting, colorization, deepcluster
+    python experiments/fair_tasks.py --dataset cifar10 --task jigsaw --part task    # and --part random; context alike
+    python experiments/fair_tasks.py --dataset cifar10 --curve rotation         # and jigsaw, after their --task
     python experiments/fair_tasks.py --dataset cifar10 --table-only
 """
 
@@ -28,10 +29,9 @@ import argparse
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
-from rotation_vs_random import HERE, cifar_folder, report_table, run, tool
+from rotation_vs_random import HERE, cifar_folder, copy_summary, report_table, run, tool
 
 TASKS = ("rotation", "jigsaw", "context", "counting", "colorization", "deepcluster")
 # One ssl-probe run per encoder and seed gives the three protocols from one feature pass: the ~9k-dim linear
@@ -71,7 +71,7 @@ def task_and_baselines(task: str, args: argparse.Namespace, data: str, runs: Pat
     out = runs / task / f"seed{args.pretrain_seed}"
     if args.part in ("all", "task"):
         pretrain(task, args.dataset, data, args.pretrain_seed, args.minutes, out)
-        shutil.copy(out / "summary.json", records / f"pretrain_{task}_s{args.pretrain_seed}.json")
+        copy_summary(out / "summary.json", records / f"pretrain_{task}_s{args.pretrain_seed}.json")
         for seed in args.probe_seeds:
             probe(str(out / "last.pt"), data, seed, args.train_images,
                   records / f"linear_{task}_p{args.pretrain_seed}_s{seed}.json", PROBE)

@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 from pathlib import Path
 
-from rotation_vs_random import HERE, cifar_folder, report_table, run, tool
+from rotation_vs_random import HERE, cifar_folder, copy_summary, report_table, run, tool
 
 TASKS = ("rotation", "jigsaw", "context", "counting", "colorization", "deepcluster")
 DATASETS = {
@@ -49,7 +48,7 @@ def pretrain_and_probe(task: str, dataset: str, data: str, runs: Path, records: 
     budget = HERE / f"{dataset}_tasks" / f"{task}.yaml"
     config = ["--preset", "demo", "--config", str(budget.relative_to(HERE.parent))] if budget.is_file() else []
     run([tool("ssl-pretrain"), "--task", task, *config, "--data", data, "--out", str(out)])
-    shutil.copy(out / "summary.json", records / f"pretrain_{task}.json")
+    copy_summary(out / "summary.json", records / f"pretrain_{task}.json")
     size = DATASETS[dataset]["probe_size"]
     run([tool("ssl-probe"), "--checkpoint", str(out / "last.pt"), "--freeze", "all", "--data", data,
          *(["--image-size", str(size)] if size else []), "--out", str(records / f"probe_{task}.json")])

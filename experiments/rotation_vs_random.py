@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import json
 import shutil
 import subprocess
 import sys
@@ -70,10 +71,18 @@ def run(command: list[str]) -> None:
     subprocess.run(command, check=True)
 
 
+def copy_summary(summary: Path, record: Path) -> None:
+    """An ssl-pretrain summary.json copied among the records in their portable form (paths relative to the
+    record's folder inside the checkout, as ssl-probe writes its records)."""
+    from selfsup.probes.records import write_record
+
+    write_record(json.loads(summary.read_text()), record)
+
+
 def pretrain_and_probe(task: str, data: str, runs: Path, records: Path, extra: list[str]) -> None:
     out = runs / task
     run([tool("ssl-pretrain"), "--task", task, *extra, "--data", data, "--out", str(out)])
-    shutil.copy(out / "summary.json", records / f"pretrain_{task}.json")
+    copy_summary(out / "summary.json", records / f"pretrain_{task}.json")
     run([tool("ssl-probe"), "--checkpoint", str(out / "last.pt"), "--freeze", "all", "--out", str(records / f"probe_{task}.json")])
 
 

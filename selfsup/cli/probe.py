@@ -460,6 +460,8 @@ def run_classification(context: ProbeContext, dims: dict[str, int]) -> dict[str,
         raise DataError(f"probes need labelled train/val/test splits; {data} has none ({'; '.join(splits.notes)})")
     if args.train_images is not None:
         splits.train = stratified_subset(splits.train, args.train_images, args.seed)
+        splits.notes.append(f"the probes train on {len(splits.train):,} of those train images (--train-images: a "
+                            f"stratified draw, seed {args.seed})")
     num_classes = len(splits.train.classes)
     protocol = PROTOCOLS[args.protocol]
     overrides = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("batch_size", args.batch_size))
