@@ -124,10 +124,11 @@ def test_train_images_trains_the_probe_on_a_stratified_subset_and_says_so(tiny_c
 
 def test_also_gives_the_records_of_separate_knn_and_global_pool_runs_from_one_pass(tiny_checkpoint, tmp_path):
     common = ["--checkpoint", str(tiny_checkpoint), "--bn-stats", "train", "--knn-k", "1,5", *FAST]
-    assert probe_main([*common, "--also", "knn,global", "--out", str(tmp_path / "linear.json")]) == 0
+    assert probe_main([*common, "--also", "knn,global,global-knn", "--out", str(tmp_path / "linear.json")]) == 0
     assert probe_main([*common, "--method", "knn", "--out", str(tmp_path / "knn.json")]) == 0
     assert probe_main([*common, "--pool", "global", "--out", str(tmp_path / "global.json")]) == 0
-    for name in ("knn", "global"):
+    assert probe_main([*common, "--pool", "global", "--method", "knn", "--out", str(tmp_path / "global-knn.json")]) == 0
+    for name in ("knn", "global", "global-knn"):
         shared = json.loads((tmp_path / f"linear.{name}.json").read_text())
         alone = json.loads((tmp_path / f"{name}.json").read_text())
         assert shared["layers"] == alone["layers"], name
@@ -230,7 +231,7 @@ def edited_copy(checkpoint: Path, folder: Path, edit) -> Path:
     (["--train-images", "1"], "--train-images 1"),
     (["--also", "svm"], "--also svm is invalid"),
     (["--also", "knn", "--method", "knn"], "--also reuses"),
-    (["--also", "global", "--pool", "global"], "--also global with --pool global"),
+    (["--also", "global", "--pool", "global"], "--also global or global-knn with --pool global"),
     (["--precision", "fp16"], "--precision"),
     (["--train-images", "9", "--shots", "1"], "--train-images applies"),
     (["--lr", "0"], "--lr 0 is invalid"),

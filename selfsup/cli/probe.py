@@ -67,7 +67,9 @@ from selfsup.probes.records import check_selection, finish_record, new_record, w
 from selfsup.pretext import TASKS
 
 METHODS = ("linear", "knn", "svm")
-ALSO = ("knn", "global")  # protocols --also runs on the linear probe's feature pass
+# protocols --also runs on the linear probe's feature pass: kNN on its features, the linear probe and kNN on
+# globally average-pooled ones (global-knn costs next to nothing; knn on ~9k dims costs more than the probe)
+ALSO = ("knn", "global", "global-knn")
 KNN_KS = (10, 20, 50, 100, 200)
 KNN_TEMPERATURE = 0.07
 # --bn-stats auto chooses on a quick linear probe, not on the full one run twice: images per split and epochs
@@ -123,10 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "train split (drawn with --seed; val and test stay whole), for cheaper probes; the "
                              "record's splits say so")
     parser.add_argument("--also", type=name_list, default=[], metavar="PROTOCOLS",
-                        help="linear probe with cached features: from the same feature pass, also run "
-                             f"{' and '.join(ALSO)} (knn: the kNN probe; global: the linear probe of globally "
-                             "average-pooled features) on the same splits, size and BatchNorm statistics, each "
-                             "written as its own record beside --out (NAME.knn.json, NAME.global.json)")
+                        help="linear probe with cached features: from the same feature pass, also run any of "
+                             f"{', '.join(ALSO)} (knn: the kNN probe; global: the linear probe of globally "
+                             "average-pooled features; global-knn: kNN on those) on the same splits, size and "
+                             "BatchNorm statistics, each written as its own record beside --out (NAME.knn.json, "
+                             "NAME.global.json, NAME.global-knn.json)")
     parser.add_argument("--selection-split", default="val",
                         help="split that chooses epochs and k: val (default); test is refused unless forced")
     parser.add_argument("--force-test-selection", action="store_true",
@@ -222,8 +225,8 @@ def check_args(args: argparse.Namespace) -> None:
     if args.also and (args.method != "linear" or args.shots or args.augment):
         raise ConfigError("--also reuses the linear probe's cached features: it applies to --method linear without "
                           "--shots or --augment")
-    if "global" in args.also and args.pool == "global":
-        raise ConfigError("--also global with --pool global would run the same probe twice")
+    if {"global", "global-knn"} & set(args.also) and args.pool == "global":
+        raise ConfigError("--also global or global-knn with --pool global would run the same probe twice")
     if args.shots and args.method == "knn":
         raise ConfigError("--shots applies to --method linear and svm, not knn")
 
@@ -274,7 +277,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     check_input_size(frozen.encoder, frozen.image_size, "--image-size")
     frozen.encoder.to(device).eval()
     pools, dims, pooling = probe_pools(frozen, layers, args.pool)
-    global_pools, global_dims, global_pooling = probe_pools(frozen, layers, "global") if "global" in args.also else ({}, {}, {})
+    global_pools, global_dims, global_pooling = probe_pools(frozen, layers, "global") if {"global", "global-knn"} & set(args.also) else ({}, {}, {})
     for pool in (*pools.values(), *global_pools.values()):
         pool.to(device)
     eval_crop = (1.0 if frozen.image_size < 96 else 0.875) if args.eval_crop is None else args.eval_crop
@@ -288,7 +291,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = default_out(args)
     written = [(record, dims, pooling, args.pool, out)]
     for name, extra in context.also_records.items():
-        extra_dims, extra_pooling, preset = (global_dims, global_pooling, "global") if name == "global" else (dims, pooling, args.pool)
+        pooled_globally = name.startswith("global")
+        extra_dims, extra_pooling, preset = (global_dims, global_pooling, "global") if pooled_globally else (dims, pooling, args.pool)
         written.append((extra, extra_dims, extra_pooling, preset, out.with_name(f"{out.stem}.{name}{out.suffix}")))
     for entry in written:
         path = finish_probe_record(context, *entry, eval_crop=eval_crop, started=started)
@@ -525,12 +529,15 @@ def run_classification(context: ProbeContext, dims: dict[str, int]) -> dict[str,
                             batches(feature_sets["val"]), batches(feature_sets["test"]), protocol, steps)
 
     record = cached_linear_probe(sets, context.pools, dims)
-    shared = f"the features of the linear probe run ({args.pool} pooling), --also"
-    if "knn" in args.also:
-        knn = context.new_record("knn", data, split_info, {"name": "knn", "ks": args.knn_k,
-                                 "temperature": args.knn_temperature, "shared_pass": shared}, args.selection_split)
-        knn["layers"] = knn_layers(sets["train"], select, sets["test"], sets["val"], num_classes, args)
-        context.also_records["knn"] = knn
+    for name, features, pooled in (("knn", sets, args.pool), ("global-knn", global_sets, "global")):
+        if name in args.also:
+            knn = context.new_record("knn", data, split_info, {
+                "name": "knn", "ks": args.knn_k, "temperature": args.knn_temperature,
+                "shared_pass": f"one forward pass with the linear probe run ({pooled} pooling), --also"},
+                args.selection_split)
+            knn["layers"] = knn_layers(features["train"], features[args.selection_split], features["test"],
+                                       features["val"], num_classes, args)
+            context.also_records[name] = knn
     if "global" in args.also:
         print("ssl-probe: --also global: linear probe of globally average-pooled features", file=sys.stderr)
         pooled = cached_linear_probe(global_sets, context.global_pools, context.global_dims)
