@@ -273,3 +273,15 @@ def test_knn_seeds_get_mean_std_per_layer_and_a_delta_against_random_knn(tmp_pat
     assert "| rotation | 30.00 ± 0.00 | 51.00 ± 1.00 | 40.00 ± 0.00 | 51.00 ± 1.00 | +6.00 ± 0.82 * " in knn_table
     assert "| random init (RGB input, 32 px) | 30.00 ± 0.00 | 40.00 ± 0.00 | 45.00 ± 1.00 | 45.00 ± 1.00 |  |" in knn_table
     assert "51.00 ± 1.00 (conv2)" in report.split("## kNN")[0]
+    assert "- total wall time: 3 min (0 pretraining runs 0 min, 6 evaluation runs 3 min)" in report  # 30 s each
+
+
+def test_records_of_one_runs_also_protocols_count_its_wall_time_once(tmp_path):
+    for name, shared in (("linear", None), ("global", "one forward pass with the linear probe run, --also")):
+        record = linear_record("rotation", (30.0, 50.0, 40.0))
+        if shared:
+            record.update(pool_preset="global")
+            record["protocol"]["shared_pass"] = shared
+        write(tmp_path, f"{name}.json", record)
+    report = build_report(load_records([tmp_path])[0], title="t", command="c")
+    assert "- total wall time: 0 min (0 pretraining runs 0 min, 1 evaluation run 0 min)" in report

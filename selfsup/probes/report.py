@@ -504,8 +504,10 @@ def machine_text(record: dict[str, Any]) -> str:
 
 def provenance(rows: Sequence[Row]) -> list[str]:
     lines = []
+    pretrains: list[dict[str, Any]] = []  # each once, though a run probed with two poolings heads two rows
     for row in rows:
-        if row.pretrain:
+        if row.pretrain and not any(row.pretrain is seen for seen in pretrains):
+            pretrains.append(row.pretrain)
             lines.append(f"- pretrain {row.label}: `{row.pretrain['command']}` — commit `{row.pretrain.get('git_commit')}`")
         for kind, records in row.records.items():
             for record in records:
@@ -513,10 +515,18 @@ def provenance(rows: Sequence[Row]) -> list[str]:
                              f"{record.get('wall_time_s', 0) / 60:.1f} min, commit `{record.get('git_commit')}`, "
                              f"selection on {record.get('selection_split', 'val')}"
                              + (" (FORCED)" if record.get("forced_test_selection") else ""))
-    everything = [r for row in rows for records in row.records.values() for r in records]
-    everything += [row.pretrain for row in rows if row.pretrain]
-    for machine in sorted({machine_text(r) for r in everything}):
+    evaluations = [r for row in rows for records in row.records.values() for r in records]
+    for machine in sorted({machine_text(r) for r in [*evaluations, *pretrains]}):
         lines.append(f"- machine: {machine}")
+    # a record written by another run's --also shares that run's wall time: counted once
+    runs = [r for r in evaluations if not (r.get("protocol") or {}).get("shared_pass")]
+    pretrain_min = sum(p.get("wall_time_s", 0) for p in pretrains) / 60
+    evaluation_min = sum(r.get("wall_time_s", 0) for r in runs) / 60
+    def counted(n: int, what: str) -> str:
+        return f"{n} {what} run{'s' if n != 1 else ''}"
+
+    lines.append(f"- total wall time: {pretrain_min + evaluation_min:.0f} min ({counted(len(pretrains), 'pretraining')} "
+                 f"{pretrain_min:.0f} min, {counted(len(runs), 'evaluation')} {evaluation_min:.0f} min)")
     return lines
 
 
