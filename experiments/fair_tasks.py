@@ -89,6 +89,8 @@ def budget_curve(task: str, args: argparse.Namespace, data: str, runs: Path, rec
     """Linear probes (probe seed 0) of every checkpoint kept along the task's pretraining."""
     out = runs / task / f"seed{args.pretrain_seed}"
     kept = sorted(out.glob("step_*.pt"))
+    if args.curve_steps:
+        kept = [path for path in kept if int(path.stem.split("_")[1]) in args.curve_steps]
     if not kept:
         raise SystemExit(f"no kept checkpoints in {out}: run --task {task} first")
     curve = records.parent / f"fair_{args.dataset}_curves"
@@ -162,6 +164,8 @@ def main() -> None:
     parser.add_argument("--part", choices=("all", "task", "probes", "random"), default="all",
                         help="with --task: all, or only the pretraining and its probes (task), or the probes of its "
                              "existing checkpoint (probes), or only the random encoders (random)")
+    parser.add_argument("--curve-steps", type=lambda text: [int(part) for part in text.split(",")], default=None,
+                        help="with --curve: probe only the checkpoints kept at these steps (default: all kept)")
     parser.add_argument("--pretrain-seed", type=int, default=0)
     parser.add_argument("--probe-seeds", type=lambda text: [int(part) for part in text.split(",")], default=[0, 1, 2],
                         help="probe seeds (val split, training draw, head; for the random encoder also its weights)")

@@ -285,3 +285,16 @@ def test_records_of_one_runs_also_protocols_count_its_wall_time_once(tmp_path):
         write(tmp_path, f"{name}.json", record)
     report = build_report(load_records([tmp_path])[0], title="t", command="c")
     assert "- total wall time: 0 min (0 pretraining runs 0 min, 1 evaluation run 0 min)" in report
+
+
+def test_a_run_ended_by_its_time_budget_shows_its_partial_epoch_and_why_it_ended():
+    from selfsup.probes.report import epochs_text, pretext_progress
+
+    summary = {"epochs": 10000, "ended_by": "max_minutes", "history": [],
+               "final": {"epoch": 1, "step": 343, "steps_in_epoch": 343, "partial": True, "acc": 0.152}}
+    assert epochs_text(summary) == "0 + 343 steps (ended by max_minutes)"
+    assert pretext_progress(summary) == "acc 15.2% (its only, partial epoch)"
+    summary.update(history=[{"epoch": 1, "acc": 0.10}], final={"epoch": 2, "steps_in_epoch": 5, "partial": True, "acc": 0.2})
+    assert epochs_text(summary) == "1 + 5 steps (ended by max_minutes)"
+    assert pretext_progress(summary) == "acc 10.0% (epoch 1) → 20.0%"
+    assert epochs_text({"epochs": 4, "ended_by": "epochs", "final": {"epoch": 4}}) == "4"

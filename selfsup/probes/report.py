@@ -462,28 +462,45 @@ def lowshot_table(rows: Sequence[Row], kind: str) -> list[str]:
 
 def pretrain_table(rows: Sequence[Row]) -> list[str]:
     shown: set[int] = set()  # a run probed with several poolings heads one row per pooling: list it once
-    summaries = [(row.label, row.pretrain) for row in rows
+    summaries = [(row.label.replace(_pool_label(row.key[2]), ""), row.pretrain) for row in rows
                  if row.pretrain and not (id(row.pretrain) in shown or shown.add(id(row.pretrain)))]
     if not summaries:
         return []
     lines = ["| method | epochs | steps | min | images/s | pretext metric (epoch averages over training batches) |",
              "|---|---|---|---|---|---|"]
     for label, summary in summaries:
-        lines.append(f"| {label} | {summary['epochs']} | {summary['steps']} | {summary['wall_time_s'] / 60:.1f} | "
+        lines.append(f"| {label} | {epochs_text(summary)} | {summary['steps']} | {summary['wall_time_s'] / 60:.1f} | "
                      f"{summary['images_per_s']} | {pretext_progress(summary)} |")
     return lines
 
 
+def epochs_text(summary: dict[str, Any]) -> str:
+    """The epochs run: the configured count, or, for a run a step or time budget ended, the full epochs and
+    the steps of the partial one, and which budget ended it."""
+    final = summary.get("final") or {}
+    if summary.get("ended_by") in (None, "epochs") or not final:
+        return str(summary["epochs"])
+    full = final["epoch"] - 1 if final.get("partial") else final["epoch"]
+    partial = f" + {final['steps_in_epoch']} steps" if final.get("partial") else ""
+    return f"{full}{partial} (ended by {summary['ended_by']})"
+
+
 def pretext_progress(summary: dict[str, Any]) -> str:
     history = summary.get("history") or []
+    final = summary.get("final") or {}
+    if final.get("partial"):  # the steps of an epoch a budget cut short count as its last point
+        history = [*history, {**final, "epoch": final["epoch"]}]
     if not history:
         return ""
     metric = next((m for m in ("count_acc", "acc") if m in history[-1]), None)
     shown = ""
+    first = "epoch 1" if len(history) > 1 or not final.get("partial") else "its only, partial epoch"
     if metric:
-        shown = f"{metric} {100 * history[0][metric]:.1f}% (epoch 1) → {100 * history[-1][metric]:.1f}%"
+        shown = (f"{metric} {100 * history[0][metric]:.1f}% ({first})" if len(history) == 1 else
+                 f"{metric} {100 * history[0][metric]:.1f}% (epoch 1) → {100 * history[-1][metric]:.1f}%")
     else:
-        shown = f"loss {history[0]['loss']:.3f} (epoch 1) → {history[-1]['loss']:.3f}"
+        shown = (f"loss {history[0]['loss']:.3f} ({first})" if len(history) == 1 else
+                 f"loss {history[0]['loss']:.3f} (epoch 1) → {history[-1]['loss']:.3f}")
     clustered = [e for e in history if "nmi_labels" in e]
     if clustered:
         seconds = sum(e["cluster_s"] + e["extract_s"] for e in clustered) / len(clustered)
