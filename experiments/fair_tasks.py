@@ -20,6 +20,7 @@ Each command stays under about 25 minutes on 2 cores (the 64 px tasks, jigsaw an
     python experiments/fair_tasks.py --dataset cifar10 --task rotation          # rotation, counting, colorization, deepcluster
     python experiments/fair_tasks.py --dataset cifar10 --task jigsaw --part task    # and --part random; context alike
     python experiments/fair_tasks.py --dataset cifar10 --curve rotation         # and jigsaw, after their --task
+    python experiments/fair_tasks.py --dataset cifar10 --curve context --curve-minutes 8   # a separate 8-minute run
     python experiments/fair_tasks.py --dataset cifar10 --table-only
 """
 
@@ -51,6 +52,8 @@ SPLITS = {
 EPOCH_CEILING = 10_000
 # pretraining steps between kept checkpoints, for the budget curves: 4 or more points in 4 minutes here
 KEEP_EVERY = {"rotation": 75, "jigsaw": 150}
+# checkpoints kept along a separate longer run (--curve TASK --curve-minutes M), besides its last
+LONG_RUN_POINTS = 3
 
 
 def pretrain(task: str, dataset: str, data: str, seed: int, minutes: float, out: Path) -> None:
@@ -86,17 +89,34 @@ def task_and_baselines(task: str, args: argparse.Namespace, data: str, runs: Pat
 
 
 def budget_curve(task: str, args: argparse.Namespace, data: str, runs: Path, records: Path) -> None:
-    """Linear probes (probe seed 0) of every checkpoint kept along the task's pretraining."""
+    """Linear probes (probe seed 0) of every checkpoint kept along the task's pretraining: the table's run, or
+    with --curve-minutes a separate longer run that keeps LONG_RUN_POINTS checkpoints (and its last)."""
     out = runs / task / f"seed{args.pretrain_seed}"
+    curve = records.parent / f"fair_{args.dataset}_curves"
+    curve.mkdir(parents=True, exist_ok=True)
+    prefix = task
+    if args.curve_minutes:
+        prefix = f"{task}-{args.curve_minutes:g}min"
+        out = runs / task / f"seed{args.pretrain_seed}-{args.curve_minutes:g}min"
+        table_run = json.loads((records / f"pretrain_{task}_s{args.pretrain_seed}.json").read_text())
+        # the table's run gives the steps per minute; keep LONG_RUN_POINTS checkpoints along the longer run
+        every = max(1, round(table_run["steps"] / args.minutes * args.curve_minutes / LONG_RUN_POINTS))
+        options = HERE / f"{args.dataset}_tasks" / f"{task}.yaml"
+        config = ["--preset", "demo", "--config", str(options.relative_to(HERE.parent))] if options.is_file() else []
+        run([tool("ssl-pretrain"), "--task", task, *config, "--data", data, "--seed", str(args.pretrain_seed),
+             "--out", str(out), "--epochs", str(EPOCH_CEILING), "--max-minutes", str(args.curve_minutes),
+             "--keep-every", str(every)])
+        copy_summary(out / "summary.json", curve / f"{prefix}_pretrain.json")
     kept = sorted(out.glob("step_*.pt"))
     if args.curve_steps:
         kept = [path for path in kept if int(path.stem.split("_")[1]) in args.curve_steps]
     if not kept:
         raise SystemExit(f"no kept checkpoints in {out}: run --task {task} first")
-    curve = records.parent / f"fair_{args.dataset}_curves"
-    curve.mkdir(parents=True, exist_ok=True)
     for checkpoint in kept:
-        probe(str(checkpoint), data, 0, args.train_images, curve / f"{task}_{checkpoint.stem}.json", PROBE[:-2])
+        probe(str(checkpoint), data, 0, args.train_images, curve / f"{prefix}_{checkpoint.stem}.json", PROBE[:-2])
+    if args.curve_minutes:
+        steps = json.loads((curve / f"{prefix}_pretrain.json").read_text())["steps"]
+        probe(str(out / "last.pt"), data, 0, args.train_images, curve / f"{prefix}_step_{steps:06d}.json", PROBE[:-2])
 
 
 def best_layer(record: dict) -> float:
@@ -117,18 +137,24 @@ def draw_curves(dataset: str) -> Path | None:
     if not folder.is_dir():
         return None
     points: dict[str, list[tuple[int, float]]] = {}
-    for path in sorted(folder.glob("*.json")):
-        task, step = re.fullmatch(r"(\w+)_step_(\d+)", path.stem).groups()
-        points.setdefault(task, []).append((int(step), best_layer(json.loads(path.read_text()))))
+    for path in sorted(folder.glob("*_step_*.json")):
+        series, step = re.fullmatch(r"([\w.-]+)_step_(\d+)", path.stem).groups()
+        points.setdefault(series, []).append((int(step), best_layer(json.loads(path.read_text()))))
     lines = []
     figure, axes = plt.subplots(figsize=(6, 4))
-    for task, kept in points.items():
-        last = json.loads((table / f"pretrain_{task}_s0.json").read_text())["steps"]
+    for series, kept in points.items():
+        task, _, minutes = series.partition("-")
         start = best_layer(json.loads((table / f"linear_random-{task}_s0.json").read_text()))
-        end = best_layer(json.loads((table / f"linear_{task}_p0_s0.json").read_text()))
-        series = sorted([(0, start), *kept, (last, end)])
-        axes.plot([s for s, _ in series], [v for _, v in series], marker="o", label=task)
-        lines.append(f"| {task} | " + " | ".join(f"{s}: {v:.2f}" for s, v in series) + " |")
+        if minutes:  # a separate longer run: its own last checkpoint is among its records
+            label = f"{task}, separate {minutes} run"
+            points_of_run = sorted([(0, start), *kept])
+        else:  # the table's run: its last checkpoint is the table's probe of seed 0
+            label = task
+            last = json.loads((table / f"pretrain_{task}_s0.json").read_text())["steps"]
+            end = best_layer(json.loads((table / f"linear_{task}_p0_s0.json").read_text()))
+            points_of_run = sorted([(0, start), *kept, (last, end)])
+        axes.plot([s for s, _ in points_of_run], [v for _, v in points_of_run], marker="o", label=label)
+        lines.append(f"| {label} | " + " | ".join(f"{s}: {v:.2f}" for s, v in points_of_run) + " |")
     axes.set_xlabel("pretraining step")
     axes.set_ylabel("best-layer test top-1 (%), linear probe")
     axes.set_title(f"Probe accuracy along pretraining ({dataset}, seed 0)")
@@ -144,7 +170,8 @@ def draw_curves(dataset: str) -> Path | None:
     tmp.write_text(f"# Budget curves on {dataset}: best-layer linear probe along pretraining\n\n"
                    f"Made by: python experiments/fair_tasks.py --dataset {dataset} --table-only, from "
                    f"experiments/records/fair_{dataset}_curves/ (kept checkpoints) and the table's seed-0 records "
-                   "(step 0 = the random encoder fed like the task; the last step = the final checkpoint). "
+                   "(step 0 = the random encoder fed like the task; the last step = the final checkpoint; a "
+                   "\"separate N min\" series is its own longer pretraining run, probed along the way and at its end). "
                    f"Chart: fair_{dataset}_curves.png.\n\n| task | step: test top-1 |\n|---|---|\n" + "\n".join(lines) + "\n")
     os.replace(tmp, text)
     return chart
@@ -166,6 +193,9 @@ def main() -> None:
                              "existing checkpoint (probes), or only the random encoders (random)")
     parser.add_argument("--curve-steps", type=lambda text: [int(part) for part in text.split(",")], default=None,
                         help="with --curve: probe only the checkpoints kept at these steps (default: all kept)")
+    parser.add_argument("--curve-minutes", type=float, default=0.0,
+                        help="with --curve: pretrain a separate run of this many minutes that keeps checkpoints "
+                             "along the way, and probe them (default 0: the table's run's kept checkpoints)")
     parser.add_argument("--pretrain-seed", type=int, default=0)
     parser.add_argument("--probe-seeds", type=lambda text: [int(part) for part in text.split(",")], default=[0, 1, 2],
                         help="probe seeds (val split, training draw, head; for the random encoder also its weights)")
