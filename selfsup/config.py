@@ -140,12 +140,13 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 
 # Fields a resumed run may change without --accept-config-changes: they say how long to train, where and
-# how often to write, and how many loader processes to use. None changes what the steps already taken
-# computed; the budgets (train.epochs, train.max_steps, train.max_minutes) refit the lr schedule from the
+# how often to write, how many loader processes to use and the memory layout of activations. None changes
+# what the steps already taken computed; the budgets (train.epochs, train.max_steps, train.max_minutes) refit the lr schedule from the
 # resumed step on, which is how a run that ended by its budget is extended.
 RESUMABLE_CHANGES = frozenset({
     "train.epochs", "train.max_steps", "train.max_minutes", "train.resume", "train.accept_config_changes",
     "train.out", "train.checkpoint_every", "train.keep_every", "train.log_every", "data.workers", "data.data_root",
+    "model.channels_last",
 })
 # Fields no resumed run may change: the checkpoint's weights, heads and epoch position depend on them.
 FIXED_ON_RESUME = ("task", "model.", "pretext.", "train.batch_size")
@@ -225,7 +226,9 @@ class DataConfig:
     image_size: int = option(32, "side of the square crop fed to the network", min=8)
     crop_scale_min: float = option(0.5, "random-resized-crop minimum area fraction", gt=0.0, max=1.0)
     hflip: bool = option(True, "random horizontal flips")
-    workers: int = option(1, "data loading worker processes per training process", min=0)
+    workers: int = option(-1, "data loading worker processes per training process; -1 = auto (every core but one "
+                              "on CUDA, at most 8; one on a CPU of up to 7 cores: see selfsup.data.loading.auto_workers)",
+                          min=-1)
     val_fraction: float = option(0.1, "fraction of train held out as val when the data has no val split", min=0.0, max=0.5)
     layout: str = option("auto", "how a folder of images is read: auto, flat (unlabelled images at its top level) "
                                  "or classes (one sub-folder per class)", choices=("auto", "flat", "classes"))
@@ -235,7 +238,8 @@ class DataConfig:
 class ModelConfig:
     arch: str = option("alexnet_small", "encoder architecture (see selfsup.models.ARCHS)")
     width: float | None = option(None, "channel-width multiplier (None = the architecture's default)", gt=0.0)
-    channels_last: bool = option(False, "use the channels_last memory format")
+    channels_last: bool | None = option(None, "use the channels_last memory format; None = on CUDA only (faster "
+                                               "convolutions with bf16 there; no gain measured on CPUs)")
 
 
 @dataclass

@@ -149,26 +149,31 @@ class EpochContext:
 
 @dataclass
 class EpochMeter:
-    """Sums of loss/metrics weighted by batch size; all-reduced across processes at epoch end."""
+    """Sums of loss/metrics weighted by batch size, kept on the outputs' device (adding them reads nothing back
+    to the host); all-reduced across processes at epoch end."""
 
     names: tuple[str, ...] = ()
     sums: torch.Tensor | None = None
 
     def add(self, outputs: dict[str, torch.Tensor], count: int) -> None:
+        first = next(iter(outputs.values()))
         if self.sums is None:
             self.names = tuple(outputs)
-            self.sums = torch.zeros(len(self.names) + 1, dtype=torch.float64)
-        values = torch.tensor([float(outputs[n]) for n in self.names] + [1.0], dtype=torch.float64)
+            self.sums = torch.zeros(len(self.names) + 1, dtype=torch.float64, device=first.device)
+        elif self.sums.device != first.device:  # restored from a checkpoint (CPU)
+            self.sums = self.sums.to(first.device)
+        one = torch.ones((), dtype=torch.float64, device=first.device)
+        values = torch.stack([torch.as_tensor(outputs[n], device=first.device).double() for n in self.names] + [one])
         self.sums += values * count
 
     def averages(self) -> dict[str, float]:
         if self.sums is None:
             return {}
-        total = all_reduce_sum(self.sums.clone())
+        total = all_reduce_sum(self.sums.clone()).cpu()
         return {name: float(total[i] / total[-1]) for i, name in enumerate(self.names)}
 
     def state(self) -> dict[str, Any]:
-        return {"names": self.names, "sums": self.sums}
+        return {"names": self.names, "sums": None if self.sums is None else self.sums.cpu()}
 
     def load(self, state: dict[str, Any]) -> None:
         self.names, self.sums = tuple(state["names"]), state["sums"]
@@ -214,6 +219,9 @@ class Trainer:
         self.record = record
         self.channels_last = channels_last
         self.model = model.to(self.device)
+        if self.device.type == "cuda":
+            # crop sizes are fixed within a run: cuDNN's autotuning pays for itself after a few steps
+            torch.backends.cudnn.benchmark = True
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.sampler = EpochBatchSampler(
@@ -224,6 +232,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * train_cfg.epochs
         self.optimizer = build_optimizer(self.model, optim_cfg)
         self.elapsed_before = 0.0
+        self._started = clock()  # fit() restarts it; set here for steps taken outside fit (ssl-bench)
         self.step_elapsed = 0.0  # the run's seconds after its latest step: the time budget's measure
         self.ended_by: str | None = None
         self.scheduler = build_scheduler(
@@ -245,6 +254,17 @@ class Trainer:
         self.images_seen = 0
         self.writer = None
         self.epoch_metrics: dict[str, float] = {}
+        self.sync_every = self._host_sync_interval()
+        # all steps' losses and gradient norms finite since the last check (on the device; see train_step)
+        self.finite_since_check = torch.ones((), dtype=torch.bool, device=self.device)
+        self.steps_checked = 0  # global step of the last finiteness check
+
+    def _host_sync_interval(self) -> int:
+        """Steps between the loop's reads of device values (divergence check, progress bar). On a CPU reading
+        is free: every step, and a diverged step is never applied. On an accelerator a read waits for the
+        device to finish its queue, so it happens every ``train.log_every`` steps, when logs are written
+        anyway, and at checkpoints and epoch ends."""
+        return 1 if self.device.type == "cpu" else max(1, self.cfg.log_every)
 
     # ---------------------------------------------------------------- checkpoints
     @property
@@ -274,6 +294,7 @@ class Trainer:
 
     def _save_checkpoint(self, path: Path | None = None) -> None:
         """Writes the training state to ``path`` (default: last.pt)."""
+        self.check_finite()
         if not self.dist.is_main:
             return
         bad = nonfinite_tensors(self.model.state_dict())
@@ -401,7 +422,8 @@ class Trainer:
         self.writer.add_image("inputs", grid, self.global_step)
 
     # ---------------------------------------------------------------- training
-    def _prepare_epoch(self) -> EpochPlan:
+    def plan_epoch(self) -> EpochPlan:
+        """The task's preparation of the current epoch (``prepare_epoch``), or a plain shuffle's plan."""
         hook = getattr(self.model, "prepare_epoch", None)
         if hook is None:
             return EpochPlan()
@@ -430,7 +452,8 @@ class Trainer:
         for param in params:
             self.optimizer.state.pop(param, None)
 
-    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimiser step on a batch already on the device; the detached outputs of the task."""
         gen = step_generator(self.cfg.seed, self.global_step, self.dist.rank, self.device)
         seed_step(self.cfg.seed, self.global_step, self.dist.rank)
         with autocast_context(self.cfg.precision, self.device):
@@ -443,18 +466,34 @@ class Trainer:
         else:
             norms = [torch.linalg.vector_norm(p.grad.float()) for p in self.model.parameters() if p.grad is not None]
             grad_norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), device=self.device)
-        # one host sync for both checks, before the step: the weights stay as they were
-        if not bool(torch.isfinite(loss.detach().float()) & torch.isfinite(grad_norm)):
-            raise TrainingDivergedError(
-                f"training diverged at step {self.global_step} (epoch {self.epoch + 1}): loss {float(loss.detach()):.4g}, "
-                f"gradient norm {float(grad_norm):.4g}; lower optim.lr (now {self.optim_cfg.lr:g}) or set "
-                f"optim.grad_clip; {self._kept_text()}"
-            )
+        finite = torch.isfinite(loss.detach().float()) & torch.isfinite(grad_norm)
+        if self.sync_every == 1:
+            # one host sync for both checks, before the step: the weights stay as they were
+            if not bool(finite):
+                raise TrainingDivergedError(
+                    f"training diverged at step {self.global_step} (epoch {self.epoch + 1}): loss "
+                    f"{float(loss.detach()):.4g}, gradient norm {float(grad_norm):.4g}; {self._divergence_advice()}"
+                )
+        else:  # read at the next check (check_finite); the step is taken meanwhile
+            self.finite_since_check &= finite
         self.optimizer.step()
         # before the schedule moves on: the next lr and the decision to stop see the same time
         self.step_elapsed = self._shared_elapsed()
         self.scheduler.step()
         return {name: value.detach() for name, value in outputs.items()}
+
+    def _divergence_advice(self) -> str:
+        return (f"lower optim.lr (now {self.optim_cfg.lr:g}) or set optim.grad_clip; {self._kept_text()}")
+
+    def check_finite(self) -> None:
+        """Raises TrainingDivergedError when a step since the last check had a non-finite loss or gradient
+        (only with deferred checks: ``sync_every > 1``). Its weights were then applied, so no checkpoint may
+        follow: the last good one stays on disk."""
+        if self.sync_every > 1 and not bool(self.finite_since_check):
+            raise TrainingDivergedError(
+                f"training diverged between steps {self.steps_checked} and {self.global_step - 1} (epoch "
+                f"{self.epoch + 1}): a non-finite loss or gradient norm; {self._divergence_advice()}")
+        self.steps_checked = self.global_step
 
     def _sync_buffers(self) -> None:
         # DDP broadcasts BN statistics at each forward; doing it at epoch end too makes every
@@ -475,7 +514,7 @@ class Trainer:
         # a resumed run may have nothing left: its epochs done or its budget spent
         self.ended_by = self._budget_ended(self.step_elapsed)
         while self.ended_by is None:
-            plan = self._prepare_epoch()
+            plan = self.plan_epoch()
             self.sampler.set_epoch(self.epoch, self.step_in_epoch, plan.order)
             self.model.train()
             bar = tqdm(
@@ -520,7 +559,7 @@ class Trainer:
                 labels = relabel(batch.indices.to(self.device, non_blocking=True), labels)
             if self.step_in_epoch == 0:
                 self._log_images(images)
-            outputs = self._train_step(images, labels)
+            outputs = self.train_step(images, labels)
             count = images.shape[0] * self.dist.world_size
             self.meter.add(outputs, images.shape[0])
             self.global_step += 1
@@ -529,13 +568,15 @@ class Trainer:
             window_images += count
             now = clock()
             rate = window_images / max(now - window_start, 1e-9)
-            bar.set_postfix(
-                loss=f"{float(outputs['loss']):.3f}",
-                **{k: f"{float(v):.3f}" for k, v in outputs.items() if k != "loss"},
-                img_s=f"{rate:.0f}",
-                eta=_format_seconds(self._seconds_left(rate)),
-                refresh=False,
-            )
+            if self.global_step % self.sync_every == 0:
+                self.check_finite()
+                bar.set_postfix(
+                    loss=f"{float(outputs['loss']):.3f}",
+                    **{k: f"{float(v):.3f}" for k, v in outputs.items() if k != "loss"},
+                    img_s=f"{rate:.0f}",
+                    eta=_format_seconds(self._seconds_left(rate)),
+                    refresh=False,
+                )
             bar.update(1)
             if self.writer is not None and self.global_step % self.cfg.log_every == 0:
                 for name, value in outputs.items():

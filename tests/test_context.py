@@ -178,6 +178,27 @@ def test_down_up_sampling_removes_high_frequencies():
     assert 4 <= int(changed.sum()) <= 28
 
 
+@pytest.mark.parametrize("side", [15, 96])
+def test_resampling_only_the_chosen_patches_gives_the_tensors_of_resampling_all_and_masking(side):
+    patches = torch.rand(40, 3, side, side)
+    sizes = downsample_sizes(side, 10 / 96, 4)
+    chosen_only = down_up_sample(patches, 0.5, sizes, torch.Generator().manual_seed(5), by_mask=False)
+    masked = down_up_sample(patches, 0.5, sizes, torch.Generator().manual_seed(5), by_mask=True)
+    assert torch.equal(chosen_only, masked)
+    assert torch.equal(down_up_sample(patches, 0.5, sizes, torch.Generator().manual_seed(5)), chosen_only)  # CPU
+    assert not torch.equal(chosen_only, patches)
+
+
+def test_normalize_per_patch_equals_the_plain_formula():
+    patches = torch.rand(6, 3, 15, 15) * 0.3
+    patches[0, 2] = 0.7  # a flat channel stays at zero (the variance floor)
+    mean = patches.mean(dim=(2, 3), keepdim=True)
+    var = patches.var(dim=(2, 3), keepdim=True, unbiased=False)
+    torch.testing.assert_close(normalize_per_patch(patches), (patches - mean) / torch.sqrt(var + 1e-4),
+                               rtol=0, atol=1e-5)
+    assert torch.equal(normalize_per_patch(patches)[0, 2], torch.zeros(15, 15))
+
+
 def test_forward_gives_finite_loss_and_accuracy_and_learns_a_fixed_batch():
     torch.manual_seed(0)
     task = build_task("context", build_encoder("alexnet_small", width=0.25), {"fc6_dim": 32, "fc7_dim": 32})

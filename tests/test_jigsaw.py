@@ -18,7 +18,9 @@ from selfsup.pretext.jigsaw import (
     hamming_stats,
     make_puzzles,
     permutation_set,
+    cut_tiles,
     shuffle_tiles,
+    standardize,
     tile_geometry,
     unshuffle_tiles,
 )
@@ -146,6 +148,59 @@ def test_colour_channels_are_jittered_separately_but_stay_inside_the_cell():
     assert torch.equal(plain[:, :, 0], plain[:, :, 1]) and torch.equal(plain[:, :, 0], plain[:, :, 2])
 
 
+@pytest.mark.parametrize("size", [64, 225])
+def test_every_channel_of_every_tile_is_the_whole_window_at_its_origin(size):
+    """The batched cut (one gather of whole windows) against plain slicing, channel by channel, at the demo
+    size and the paper's 225 px crops (64 px tiles), colour jitter on."""
+    images = coordinate_images(3, size)
+    tiles = cut_tiles(images, 64 / 75, 2 / 64, torch.Generator().manual_seed(4))
+    _, tile = tile_geometry(size, 64 / 75)
+    assert tiles.shape == (3, 9, 3, tile, tile) and tiles.is_contiguous()
+    for b in range(3):
+        for k in range(9):
+            for c in range(3):
+                y, x = origin_of(tiles[b, k, c], size)
+                assert torch.equal(tiles[b, k, c], images[b, c, y : y + tile, x : x + tile])
+
+
+def simple_puzzles(images, permutations, cfg, generator):
+    """make_puzzles written plainly: whole images to grayscale, a per-pixel gather of every tile, a shuffle."""
+    n, channels, size, _ = images.shape
+    chosen = torch.rand(n, generator=generator) < cfg.grayscale_prob
+    luma = (images * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
+    images = torch.where(chosen.view(-1, 1, 1, 1), luma.expand_as(images), images)
+    cell, tile = tile_geometry(size, cfg.tile_fraction)
+    margin = (size - 3 * cell) // 2
+    tiles = torch.empty(n, 9, channels, tile, tile)
+    offset = torch.randint(0, cell - tile + 1, (n, 9, 1, 2), generator=generator)
+    shift = round(cfg.color_jitter * tile)
+    if shift:
+        offset = offset + torch.randint(-shift, shift + 1, (n, 9, channels, 2), generator=generator)
+    offset = offset.clamp(0, cell - tile).expand(n, 9, channels, 2)
+    for b in range(n):
+        for k in range(9):
+            for c in range(channels):
+                y = margin + cell * (k // 3) + int(offset[b, k, c, 0])
+                x = margin + cell * (k % 3) + int(offset[b, k, c, 1])
+                tiles[b, k, c] = images[b, c, y : y + tile, x : x + tile]
+    labels = torch.randint(0, len(permutations), (n,), generator=generator)
+    return shuffle_tiles(tiles, permutations, labels), labels
+
+
+@pytest.mark.parametrize("size", [64, 225])
+@pytest.mark.parametrize("by_mask", [False, True])
+def test_puzzles_cut_into_place_equal_grayscale_then_cut_then_shuffle(size, by_mask):
+    cfg = JigsawConfig(num_permutations=10, grayscale_prob=0.5, color_jitter=0.05)
+    perms = torch.from_numpy(hamming_permutations(10, 0))
+    images = torch.rand(6, 3, size, size)
+    fast, labels = make_puzzles(images, perms, cfg, torch.Generator().manual_seed(7), by_mask=by_mask)
+    simple, simple_labels = simple_puzzles(images, perms, cfg, torch.Generator().manual_seed(7))
+    assert torch.equal(labels, simple_labels)
+    torch.testing.assert_close(fast, simple, rtol=0, atol=1e-6)
+    grayscale = torch.rand(6, generator=torch.Generator().manual_seed(7)) < 0.5  # make_puzzles' first draw
+    assert 0 < int(grayscale.sum()) < 6  # both kinds of image are compared
+
+
 def test_about_thirty_percent_of_images_are_turned_grayscale():
     images = torch.rand(1500, 3, 27, 27)
     perms = torch.from_numpy(hamming_permutations(10, 0))
@@ -162,6 +217,14 @@ def test_every_tile_channel_is_normalised_on_its_own_statistics():
     std = tiles.std(dim=(-2, -1), unbiased=False)
     assert torch.allclose(mean, torch.zeros_like(mean), atol=1e-5)
     assert torch.allclose(std, torch.ones_like(std), atol=1e-3)
+
+
+def test_standardize_equals_the_plain_formula_and_leaves_flat_channels_at_zero():
+    x = torch.rand(5, 9, 3, 12, 12)
+    x[0, 0, 1] = 0.4  # a flat channel
+    plain = (x - x.mean(dim=(-2, -1), keepdim=True)) / (x.std(dim=(-2, -1), keepdim=True, unbiased=False) + 1e-5)
+    torch.testing.assert_close(standardize(x), plain, rtol=0, atol=1e-5)
+    assert torch.equal(standardize(x)[0, 0, 1], torch.zeros(12, 12))
 
 
 def test_defaults_follow_the_paper_and_keep_the_shortcut_guards_on():

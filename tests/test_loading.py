@@ -1,10 +1,12 @@
 import json
+import os
 
 import torch
 from PIL import Image
 
 from selfsup.cli.pretrain import main as pretrain_main
-from selfsup.data.loading import EpochBatchSampler, RandomCrop
+from selfsup.data.loading import EpochBatchSampler, RandomCrop, auto_workers, train_loader
+from selfsup.data.sources import scan_folder
 
 
 def test_ranks_take_disjoint_slices_of_the_single_process_batches():
@@ -56,3 +58,33 @@ def test_training_survives_bad_files_and_counts_them(tiny_folder, tmp_path, caps
     summary = json.loads((out / "summary.json").read_text())
     assert summary["bad_files_skipped"] == 2
     assert "unreadable files skipped: 2" in capsys.readouterr().out
+
+
+def test_persistent_workers_give_the_batches_of_a_fresh_single_process_loader(tiny_folder):
+    """Workers persist across epochs and prefetch; every epoch (and a resume inside one) still gets exactly
+    the batches that a loader without workers gives."""
+    source = scan_folder(tiny_folder / "train")
+    crop = RandomCrop(16)
+
+    def epochs(workers: int) -> list[list[torch.Tensor]]:
+        sampler = EpochBatchSampler(len(source), 8, seed=1)
+        loader = train_loader(source, crop, sampler, workers=workers, pin_memory=False)
+        seen = []
+        for epoch, start in ((0, 0), (1, 0), (1, 2)):
+            sampler.set_epoch(epoch, start)
+            seen.append([batch.images for batch in loader])
+        return seen
+
+    simple, persistent = epochs(0), epochs(2)
+    assert [len(epoch) for epoch in simple] == [6, 6, 4]
+    for plain, fast in zip(simple, persistent):
+        assert len(plain) == len(fast) and all(torch.equal(a, b) for a, b in zip(plain, fast))
+    assert not torch.equal(simple[0][0], simple[1][0])
+
+
+def test_auto_workers_leave_the_cores_to_the_step_on_a_cpu_and_feed_a_gpu_from_all_but_one(monkeypatch):
+    for cores, cpu, cuda, cuda_two_processes in ((2, 1, 1, 1), (16, 4, 8, 7), (4, 1, 3, 1)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, cores=cores: set(range(cores)))
+        assert auto_workers(torch.device("cpu")) == cpu
+        assert auto_workers(torch.device("cuda")) == cuda
+        assert auto_workers(torch.device("cuda"), processes_per_machine=2) == cuda_two_processes

@@ -130,19 +130,50 @@ def test_accepted_config_changes_take_effect_and_are_recorded(tiny_folder, tmp_p
 def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(tiny_folder, tmp_path, capsys,
                                                                                  monkeypatch):
     out = tmp_path / "run"
-    forward = engine.Trainer._train_step
+    forward = engine.Trainer.train_step
 
     def nan_loss_at_step_7(self, images, labels):
         if self.global_step == 7:
             images = images * float("nan")
         return forward(self, images, labels)
 
-    monkeypatch.setattr(engine.Trainer, "_train_step", nan_loss_at_step_7)
+    monkeypatch.setattr(engine.Trainer, "train_step", nan_loss_at_step_7)
     assert pretrain_main(run_args("rotation", tiny_folder / "train", out)) == 2
     [err] = error_lines(capsys)
     assert err.startswith("error: training diverged at step 7") and "optim.lr" in err, err
     state = load_checkpoint(out / "last.pt")  # would refuse non-finite weights
     assert state["global_step"] == 6
+
+
+def test_deferred_host_syncs_train_the_same_weights_and_still_stop_a_diverged_run(tiny_folder, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """On an accelerator the loop reads device values every train.log_every steps instead of every step
+    (forced here on the CPU): the same training, and a divergence still stops the run before any checkpoint
+    holds the diverged weights."""
+    every_step = tmp_path / "every_step"
+    assert pretrain_main(run_args("rotation", tiny_folder / "train", every_step)) == 0
+    monkeypatch.setattr(engine.Trainer, "_host_sync_interval", lambda self: 3)
+    deferred = tmp_path / "deferred"
+    assert pretrain_main(run_args("rotation", tiny_folder / "train", deferred)) == 0
+    a, b = load_checkpoint(every_step / "last.pt"), load_checkpoint(deferred / "last.pt")
+    assert all(torch.equal(a["model"][name], b["model"][name]) for name in a["model"])
+    assert [e["loss"] for e in a["history"]] == [e["loss"] for e in b["history"]]
+
+    forward = engine.Trainer.train_step
+
+    def nan_loss_at_step_7(self, images, labels):
+        if self.global_step == 7:
+            images = images * float("nan")
+        return forward(self, images, labels)
+
+    monkeypatch.setattr(engine.Trainer, "train_step", nan_loss_at_step_7)
+    capsys.readouterr()
+    diverged = tmp_path / "diverged"
+    assert pretrain_main(run_args("rotation", tiny_folder / "train", diverged)) == 2
+    [err] = error_lines(capsys)
+    # checked at step 9 (every 3 steps); the checkpoint due at step 8 checked first and was not written
+    assert err.startswith("error: training diverged between steps 6 and 7") and "optim.lr" in err, err
+    assert load_checkpoint(diverged / "last.pt")["global_step"] == 6
 
 
 def test_weights_that_overflow_are_not_saved(tiny_folder, tmp_path, capsys, monkeypatch):

@@ -20,15 +20,36 @@ from selfsup.data.sources import LAYOUTS
 from selfsup.errors import ConfigError, UserError
 
 
+def thread_count(text: str) -> int:
+    """argparse type of ``--threads``: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: give at least 1")
+    return value
+
+
 class Parser(argparse.ArgumentParser):
     """The console scripts' parser: a bad option is one line (not the whole usage) with exit status 2, and
-    every command takes ``--debug``."""
+    every command takes ``--debug`` and ``--threads`` (applied as soon as the arguments are parsed)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(*args, **kwargs)
         self.add_argument("--debug", action="store_true",
                           help="show the full traceback of every error, including mistakes in the input")
+        # SUPPRESS: a sub-command's parser must not reset a value given before the sub-command
+        self.add_argument("--threads", type=thread_count, default=argparse.SUPPRESS,
+                          help="CPU threads of torch's operators (default: torch's, one per core; OpenMP threads "
+                               "wait passively, see selfsup/cli/__init__.py)")
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if getattr(parsed, "threads", None) is not None:
+            torch.set_num_threads(parsed.threads)
+        return parsed, extras
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")

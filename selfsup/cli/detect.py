@@ -31,16 +31,10 @@ Writes a JSON record (kind "detection") and a PNG of test images with their true
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
-
-# OpenMP's default is to spin while waiting for its other threads; on a CPU shared with other jobs a
-# spinning thread waits for a descheduled sibling at every parallel region, and a demo run measured 3x
-# slower (0.84 vs 0.28 s per training image on 2 busy cores). It is read when torch loads OpenMP: now.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 from PIL import Image

@@ -30,15 +30,14 @@ from selfsup.config import (
     set_dotted,
     to_dict,
 )
-from selfsup.data.loading import CenterCrop, RandomCrop
-from selfsup.data.sources import Splits, open_splits
-from selfsup.errors import DataError
+from selfsup.data.loading import CenterCrop
+from selfsup.data.sources import Splits
 from selfsup.distributed import init_distributed, shutdown
-from selfsup.engine import CHECKPOINT_NAME, Trainer
-from selfsup.models import build_encoder
+from selfsup.engine import CHECKPOINT_NAME
 from selfsup.outputs import RunLock, check_free_space, check_output_dir
 from selfsup.presets import load_preset
-from selfsup.pretext import TASKS, PretextTask, build_task
+from selfsup.pretext import TASKS, PretextTask
+from selfsup.pretraining import build_pretraining, loader_workers, new_trainer
 from selfsup.probes.knn import KnnMonitor, random_subset
 
 FLAGS: dict[str, tuple[str, type, str]] = {
@@ -48,7 +47,7 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "--data": ("data.data", str, "'demo' (default), cifar10, cifar100, stl10 or an image folder"),
     "--data-root": ("data.data_root", str, "where demo/torchvision data is cached or downloaded"),
     "--image-size": ("data.image_size", int, "training crop size in pixels"),
-    "--workers": ("data.workers", int, "data loading worker processes"),
+    "--workers": ("data.workers", int, "data loading worker processes per training process (-1 = auto)"),
     "--epochs": ("train.epochs", int, "number of epochs"),
     "--max-steps": ("train.max_steps", int, "step budget: stop after this many steps in all if that comes before "
                                             "the epochs, with the lr schedule ended there; reproducible (0 = none)"),
@@ -111,7 +110,8 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
 KNN_BATCH = 256
 
 
-def build_knn_monitor(cfg: PretrainConfig, splits: Splits, task: PretextTask, announce: bool) -> KnnMonitor | None:
+def build_knn_monitor(cfg: PretrainConfig, splits: Splits, task: PretextTask, workers: int,
+                      announce: bool) -> KnnMonitor | None:
     """The kNN monitor that ``train.knn_*`` asks for, or None when it is off or the data has no
     labelled train and val splits (``announce``: say so on stderr)."""
     if not cfg.train.knn_every:
@@ -135,7 +135,7 @@ def build_knn_monitor(cfg: PretrainConfig, splits: Splits, task: PretextTask, an
         view=CenterCrop(cfg.data.image_size),
         layer=layer,
         batch_size=KNN_BATCH,
-        workers=cfg.data.workers,
+        workers=workers,
     )
 
 
@@ -165,25 +165,16 @@ def run(cfg: PretrainConfig, *, trust_checkpoint: bool = False) -> dict[str, Any
 
 def _train(cfg: PretrainConfig, dist_info, out_dir: Path, trust_checkpoint: bool) -> dict[str, Any]:
     seed_everything(cfg.train.seed)
-    task_cls = TASKS[cfg.task]
-    splits = open_splits(cfg.data.data, cfg.data.data_root, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed,
-                         layout=cfg.data.layout)
-    needs_labels = getattr(task_cls, "needs_labels", False)
-    source = splits.train if needs_labels else splits.pretrain
-    if source is None:
-        raise DataError(f"task {cfg.task} needs labelled data, but {cfg.data.data} has no class sub-folders")
-    task_cfg = task_cls.fit_to_data(from_dict(task_cls.Config, cfg.pretext, prefix="pretext."), len(source))
-    in_channels = task_cls.encoder_channels(task_cfg)
-    encoder = build_encoder(cfg.model.arch, in_channels=in_channels, width=cfg.model.width)
-    task = build_task(cfg.task, encoder, dataclasses.asdict(task_cfg), num_classes=len(source.classes) or None)
+    setup = build_pretraining(cfg)
+    task, source = setup.task, setup.source
     record = {
         "kind": "pretrain",
         "task": {"name": cfg.task, "options": dataclasses.asdict(task.cfg), "num_classes": len(source.classes) or None},
-        "encoder": {"arch": cfg.model.arch, "width": cfg.model.width, "in_channels": in_channels},
+        "encoder": {"arch": cfg.model.arch, "width": cfg.model.width, "in_channels": setup.in_channels},
         "image_size": cfg.data.image_size,
         "config": to_dict(cfg),
-        "data": {"spec": cfg.data.data, "root": cfg.data.data_root, "source": source.describe(), "notes": splits.notes,
-                 "ignored_files": splits.ignored_files},
+        "data": {"spec": cfg.data.data, "root": cfg.data.data_root, "source": source.describe(),
+                 "notes": setup.splits.notes, "ignored_files": setup.splits.ignored_files},
         "command": command_line(),
         "git_commit": git_commit(),
         "machine": machine_description(dist_info.device),
@@ -197,27 +188,16 @@ def _train(cfg: PretrainConfig, dist_info, out_dir: Path, trust_checkpoint: bool
         n_params = sum(p.numel() for p in task.parameters())
         print(
             f"ssl-pretrain: task {cfg.task}, encoder {cfg.model.arch} ({n_params / 1e6:.2f} M parameters with heads), "
-            f"data {source.describe()}, {dist_info.world_size} process(es) on {dist_info.device}",
+            f"data {source.describe()}, {dist_info.world_size} process(es) on {dist_info.device}, "
+            f"{loader_workers(cfg, dist_info)} loader worker(s) per process",
             file=sys.stderr,
         )
-    trainer = Trainer(
-        task,
-        source,
-        RandomCrop(cfg.data.image_size, scale=(cfg.data.crop_scale_min, 1.0), hflip=cfg.data.hflip),
-        train_cfg=cfg.train,
-        optim_cfg=cfg.optim,
-        workers=cfg.data.workers,
-        out_dir=out_dir,
-        dist_info=dist_info,
-        record=record,
-        channels_last=cfg.model.channels_last,
-        feature_view=CenterCrop(cfg.data.image_size),
-        knn_monitor=build_knn_monitor(cfg, splits, task, dist_info.is_main),
-        trust_checkpoint=trust_checkpoint,
-    )
+    trainer = new_trainer(cfg, setup, dist_info, out_dir, record,
+                          knn_monitor=build_knn_monitor(cfg, setup.splits, task, loader_workers(cfg, dist_info), dist_info.is_main),
+                          trust_checkpoint=trust_checkpoint)
     summary = trainer.fit()
     if dist_info.is_main:
-        print_summary(summary, task_cls.metric)
+        print_summary(summary, type(task).metric)
     shutdown()
     return summary
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -192,17 +193,39 @@ class EpochBatchSampler:
                 yield [(index, sample_seed(self.seed, self.epoch, first + i)) for i, index in enumerate(block)]
 
 
+def auto_workers(device: torch.device, processes_per_machine: int = 1) -> int:
+    """Loader workers per training process when ``data.workers`` is -1 (auto), from the cores this process may
+    use. On CUDA the step runs on the GPU and the CPU's only job is to feed it: every core but one (at most 8
+    per process). On a CPU the step itself uses every core through torch's threads, so workers only take
+    cores from it: one worker (a quarter of the cores on large machines) overlaps decoding with the step."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    per_process = max(1, cores // max(1, processes_per_machine))
+    if device.type == "cuda":
+        return min(8, max(1, per_process - 1))
+    return max(1, per_process // 4)
+
+
 def train_loader(
     source: ImageSource, transform, sampler: EpochBatchSampler, *, workers: int, pin_memory: bool
 ) -> DataLoader:
+    """Workers persist across epochs (a restart costs every worker's start-up and its first batches at each
+    epoch) and keep ``TRAIN_PREFETCH`` batches each in flight."""
     return DataLoader(
         TransformedDataset(source, transform, replace_bad=True),
         batch_sampler=sampler,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin_memory,
-        persistent_workers=False,
+        persistent_workers=workers > 0,
+        prefetch_factor=TRAIN_PREFETCH if workers > 0 else None,
     )
+
+
+# batches in flight per worker: enough to ride out a slow file without holding many batches in memory
+TRAIN_PREFETCH = 4
 
 
 def eval_loader(source: ImageSource, transform, *, batch_size: int, workers: int, pin_memory: bool = False) -> DataLoader:

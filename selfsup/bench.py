@@ -1,0 +1,412 @@
+"""Speed measures of the training pipeline, each the ratio of two sides timed interleaved in one process, so
+that a busy or throttled machine slows both alike.
+
+``pipeline``: end-to-end steps (next batch from the task's loader, to the device, the training step) against
+the same training step on a batch already on the device. ``efficiency = end-to-end img/s / step-only img/s``:
+1.0 when the loader keeps up with the step. The end-to-end steps are split into loader wait, transfer to the
+device, pretext inputs (the task's forward up to its first encoder call) and the rest of the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from selfsup.checkpoint import seed_everything
+from selfsup.config import PretrainConfig
+from selfsup.distributed import DistInfo, pick_device
+from selfsup.engine import Trainer
+from selfsup.models import build_encoder
+from selfsup.pretext import TASKS, PretextTask, build_task
+from selfsup.pretext.context import config_geometry
+from selfsup.pretraining import build_pretraining, new_trainer
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class StepTimes:
+    """Seconds summed over timed steps (``count`` steps of ``images`` images in all)."""
+
+    count: int = 0
+    images: int = 0
+    total: float = 0.0
+    parts: dict[str, float] = field(default_factory=dict)
+
+    def add(self, images: int, total: float, **parts: float) -> None:
+        self.count += 1
+        self.images += images
+        self.total += total
+        for name, seconds in parts.items():
+            self.parts[name] = self.parts.get(name, 0.0) + seconds
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / max(self.total, 1e-12)
+
+    def ms_per_step(self) -> dict[str, float]:
+        return {name: 1000 * seconds / max(self.count, 1) for name, seconds in self.parts.items()}
+
+
+class _FirstEncoderCall:
+    """Clock time of the encoder's first forward call after :meth:`arm`: where the task's input-making ends."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.device = trainer.device
+        self.at: float | None = None
+        self.armed = False
+        encoder = getattr(trainer.model, "encoder", None)
+        self.handle = encoder.register_forward_pre_hook(self._hook) if encoder is not None else None
+
+    def _hook(self, module: torch.nn.Module, inputs: Any) -> None:
+        if self.armed:
+            _sync(self.device)
+            self.at, self.armed = time.perf_counter(), False
+
+    def arm(self) -> None:
+        self.at, self.armed = None, True
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+
+
+class _Batches:
+    """The trainer's loader, epoch after epoch, with the task's epoch preparation (clustering) untimed
+    between epochs; yields ``(images, labels)`` on the device as the Trainer's loop makes them."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.relabel = getattr(trainer.model, "batch_labels", None)
+        self.iterator: Iterator | None = None
+        self.epoch = 0
+
+    def _start_epoch(self) -> None:
+        self.trainer.epoch = self.epoch
+        plan = self.trainer.plan_epoch()
+        self.trainer.sampler.set_epoch(self.epoch, 0, plan.order)
+        self.iterator = iter(self.trainer.loader)
+        self.epoch += 1
+
+    def next_raw(self) -> Any:
+        if self.iterator is None:
+            self._start_epoch()
+        try:
+            return next(self.iterator)
+        except StopIteration:
+            self._start_epoch()
+            return next(self.iterator)
+
+    def to_device(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.trainer.device
+        images = batch.images.to(device, non_blocking=True).float().div_(255)
+        if self.trainer.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = batch.labels.to(device, non_blocking=True)
+        if self.relabel is not None:
+            labels = self.relabel(batch.indices.to(device, non_blocking=True), labels)
+        return images, labels
+
+
+@dataclass
+class PipelineResult:
+    task: str
+    arch: str
+    image_size: int
+    batch_size: int
+    device: str
+    workers: int
+    precision: str
+    steps_per_side: int
+    end_to_end_img_s: float
+    step_only_img_s: float
+    efficiency: float
+    end_to_end_ms: dict[str, float]  # per step: loader_wait, to_device, pretext_inputs, rest_of_step
+    step_only_ms: float
+
+    def row(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class PipelineSession:
+    """A task's training set up as ssl-pretrain sets it up (nothing is written), stepped one batch at a time,
+    either end to end or on a batch kept on the device. The model trains through every step."""
+
+    def __init__(self, cfg: PretrainConfig, scratch: Path) -> None:
+        seed_everything(cfg.train.seed)
+        self.cfg = cfg
+        self.device = pick_device(cfg.train.device, option="train.device")
+        dist_info = DistInfo(rank=0, world_size=1, local_rank=0, device=self.device)
+        self.trainer = new_trainer(cfg, build_pretraining(cfg), dist_info, scratch, {"config": {}})
+        self.trainer.model.train()
+        self.batches = _Batches(self.trainer)
+        self.encoder_call = _FirstEncoderCall(self.trainer)
+        self.kept: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def full_step(self, times: StepTimes | None = None) -> None:
+        """Next batch from the loader, to the device, the training step; its batch is kept for :meth:`kept_step`."""
+        started = time.perf_counter()
+        raw = self.batches.next_raw()
+        loaded = time.perf_counter()
+        images, labels = self.batches.to_device(raw)
+        _sync(self.device)
+        moved = time.perf_counter()
+        self.encoder_call.arm()
+        self._step(images, labels)
+        done = time.perf_counter()
+        inputs_made = self.encoder_call.at if self.encoder_call.at is not None else moved
+        self.kept = (images, labels)
+        if times is not None:
+            times.add(len(images), done - started, loader_wait=loaded - started, to_device=moved - loaded,
+                      pretext_inputs=inputs_made - moved, rest_of_step=done - inputs_made)
+
+    def kept_step(self, times: StepTimes | None = None) -> None:
+        """The training step on the last full step's batch, already on the device."""
+        if self.kept is None:
+            raise RuntimeError("kept_step before any full_step")
+        started = time.perf_counter()
+        self._step(*self.kept)
+        if times is not None:
+            times.add(len(self.kept[0]), time.perf_counter() - started)
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        outputs = self.trainer.train_step(images, labels)
+        float(outputs["loss"])  # the training loop's per-step read of the loss
+        self.trainer.global_step += 1
+
+    def close(self) -> None:
+        self.encoder_call.close()
+        self.batches.iterator = None  # the loader's workers stop now, not at the next task's
+
+
+@contextlib.contextmanager
+def pipeline_session(cfg: PretrainConfig) -> Iterator[PipelineSession]:
+    with tempfile.TemporaryDirectory(prefix="ssl-bench-") as scratch:
+        session = PipelineSession(cfg, Path(scratch))
+        try:
+            yield session
+        finally:
+            session.close()
+
+
+def split_rounds(steps: int, rounds: int) -> list[int]:
+    """``steps`` as ``rounds`` near-equal blocks."""
+    return [steps // rounds + (r < steps % rounds) for r in range(rounds)]
+
+
+def measure_pipeline(cfg: PretrainConfig, *, steps: int, rounds: int, warmup: int = 2) -> PipelineResult:
+    """End-to-end against step-only throughput of ``cfg``'s training, ``steps`` timed steps a side in ``rounds``
+    alternating blocks, after ``warmup`` untimed steps of each."""
+    end_to_end, step_only = StepTimes(), StepTimes()
+    with pipeline_session(cfg) as session:
+        for _ in range(warmup):
+            session.full_step()
+            session.kept_step()
+        for count in split_rounds(steps, rounds):
+            for _ in range(count):
+                session.full_step(end_to_end)
+            for _ in range(count):
+                session.kept_step(step_only)
+    return PipelineResult(
+        task=cfg.task, arch=cfg.model.arch, image_size=cfg.data.image_size, batch_size=cfg.train.batch_size,
+        device=str(session.device), workers=session.trainer.workers, precision=cfg.train.precision, steps_per_side=steps,
+        end_to_end_img_s=end_to_end.images_per_s, step_only_img_s=step_only.images_per_s,
+        efficiency=end_to_end.images_per_s / step_only.images_per_s,
+        end_to_end_ms=end_to_end.ms_per_step(), step_only_ms=1000 * step_only.total / max(step_only.count, 1),
+    )
+
+
+@contextlib.contextmanager
+def busy_cores(count: int) -> Iterator[None]:
+    """``count`` other processes spinning on the CPU meanwhile (a shared machine's other jobs)."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        time.sleep(0.5)  # let them start spinning
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+        for spinner in spinners:
+            spinner.wait()
+
+
+def measure_threads(cfg: PretrainConfig, *, thread_counts: list[int], busy: int, steps: int, rounds: int,
+                    warmup: int = 2) -> list[dict[str, Any]]:
+    """End-to-end img/s of ``cfg``'s training at each torch thread count, the counts interleaved in ``rounds``
+    blocks; once on the machine as it is ("idle") and once beside ``busy`` spinning processes. The thread
+    policy (passive OpenMP waiting) is whatever the environment set when torch loaded."""
+    rows = []
+    before = torch.get_num_threads()
+    with pipeline_session(cfg) as session:
+        for load, spinners in (("idle", 0), (f"busy ({busy} spinning processes)", busy)):
+            with busy_cores(spinners):
+                times = {count: StepTimes() for count in thread_counts}
+                for count in thread_counts:
+                    torch.set_num_threads(count)
+                    for _ in range(warmup):
+                        session.full_step()
+                for block in split_rounds(steps, rounds):
+                    for count in thread_counts:
+                        torch.set_num_threads(count)
+                        for _ in range(block):
+                            session.full_step(times[count])
+            fastest = max(t.images_per_s for t in times.values())
+            rows += [{"task": cfg.task, "load": load, "threads": count, "end_to_end_img_s": t.images_per_s,
+                      "vs_fastest": t.images_per_s / fastest, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+                      "device": str(session.device)} for count, t in times.items()]
+    torch.set_num_threads(before)
+    return rows
+
+
+# ----------------------------------------------------------------------------- data side of tile and patch tasks
+
+
+class _InputsReady(Exception):
+    """Raised at the encoder's first call: the task's inputs are made, the rest of the step is not wanted."""
+
+
+def time_pretext_inputs(task: PretextTask, images: torch.Tensor, seed: int) -> float:
+    """Seconds the task's forward takes to turn ``images`` ([0, 1], on their device) into encoder inputs, up to
+    its first encoder call (which is not run)."""
+
+    def stop(module: torch.nn.Module, inputs: Any) -> None:
+        _sync(images.device)
+        raise _InputsReady
+
+    handle = task.encoder.register_forward_pre_hook(stop)
+    labels = torch.full((len(images),), -1, dtype=torch.long, device=images.device)
+    try:
+        started = time.perf_counter()
+        with torch.no_grad():
+            task(images, labels, torch.Generator(device=images.device).manual_seed(seed))
+    except _InputsReady:
+        return time.perf_counter() - started
+    finally:
+        handle.remove()
+    raise RuntimeError(f"task {task.name} never called its encoder")
+
+
+def reference_jigsaw(crop: Image.Image, cfg: Any, permutations: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    """One puzzle per sample with PIL and numpy, as the original PyTorch jigsaw loader makes it: grayscale
+    sometimes, nine cells cropped with PIL, a tile at a random offset in each (every channel at its own small
+    shift), per-tile per-channel normalisation, the tiles stacked in the drawn permutation's order."""
+    if rng.random() < cfg.grayscale_prob:
+        crop = crop.convert("L").convert("RGB")
+    size = crop.size[0]
+    cell = size // 3
+    tile = max(1, min(cell, round(cell * cfg.tile_fraction)))
+    margin = (size - 3 * cell) // 2
+    shift = round(cfg.color_jitter * tile)
+    tiles = []
+    for k in range(9):
+        top, left = margin + cell * (k // 3), margin + cell * (k % 3)
+        pixels = np.asarray(crop.crop((left, top, left + cell, top + cell)), dtype=np.float32) / 255
+        oy, ox = rng.integers(0, cell - tile + 1, 2)
+        channels = []
+        for c in range(3):
+            y, x = np.clip(np.array([oy, ox]) + rng.integers(-shift, shift + 1, 2), 0, cell - tile)
+            channels.append(pixels[y : y + tile, x : x + tile, c])
+        tensor = torch.from_numpy(np.stack(channels))
+        mean = tensor.mean(dim=(1, 2), keepdim=True)
+        std = tensor.std(dim=(1, 2), keepdim=True, unbiased=False)
+        tiles.append((tensor - mean) / (std + 1e-5))
+    order = permutations[rng.integers(len(permutations))]
+    return torch.stack([tiles[i] for i in order])
+
+
+def reference_context(crop: Image.Image, cfg: Any, geometry: Any, rng: np.random.Generator) -> torch.Tensor:
+    """One patch pair per sample with PIL and numpy, as the original context-prediction data layer made it:
+    the centre and a random neighbour cropped with PIL at jittered positions, each sometimes box-downsampled and
+    bilinearly upsampled back, normalised per channel, one colour channel kept and the others noise."""
+    g = geometry
+    origin = rng.integers(0, g.slack + 1, 2) + g.jitter
+    step = np.array(((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))[rng.integers(8)])
+    patches = []
+    for corner in (origin + g.stride, origin + g.stride * (1 + step)):
+        y, x = corner + rng.integers(-g.jitter, g.jitter + 1, 2)
+        patch = crop.crop((x, y, x + g.patch, y + g.patch))
+        if rng.random() < cfg.downsample_prob:
+            small = max(2, round(g.patch * rng.uniform(cfg.downsample_min_scale, 1.0)))
+            patch = patch.resize((small, small), Image.BOX).resize((g.patch, g.patch), Image.BILINEAR)
+        pixels = np.asarray(patch, dtype=np.float32) / 255
+        pixels = (pixels - pixels.mean(axis=(0, 1))) / np.sqrt(pixels.var(axis=(0, 1)) + 1e-4)
+        kept = rng.integers(3)
+        noise = rng.normal(pixels[..., kept].mean(), cfg.drop_noise_std * pixels[..., kept].std(), pixels.shape)
+        noise[..., kept] = pixels[..., kept]
+        patches.append(torch.from_numpy(noise.astype(np.float32)).permute(2, 0, 1))
+    return torch.stack(patches)
+
+
+@dataclass
+class DataSideResult:
+    task: str
+    scale: str
+    image_size: int
+    piece: int  # tile or patch side in px
+    batch_size: int
+    batched_ms_per_image: float
+    per_sample_pil_ms_per_image: float
+    ratio: float  # batched / per-sample PIL
+
+    def row(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def measure_data_side(task_name: str, scale: str, image_size: int, options: dict[str, Any], *, batch_size: int,
+                      rounds: int, seed: int = 0) -> DataSideResult:
+    """Per image, the task's batched input-making on CPU against the per-sample PIL reference, both from the same
+    decoded uint8 training crops, interleaved over ``rounds``. Crops are smooth random images: the cost does
+    not depend on content."""
+    torch.manual_seed(seed)
+    task_cls = TASKS[task_name]
+    task = build_task(task_name, build_encoder("alexnet_small", in_channels=3, width=0.25), options).eval()
+    task_cls.check_image_size(task.cfg, image_size)
+    rng = np.random.default_rng(seed)
+    small = torch.rand(batch_size, 3, image_size // 8 + 1, image_size // 8 + 1, generator=torch.Generator().manual_seed(seed))
+    crops = (torch.nn.functional.interpolate(small, size=(image_size, image_size), mode="bilinear") * 255).to(torch.uint8)
+    pil_crops = [Image.fromarray(crop.permute(1, 2, 0).numpy()) for crop in crops]
+    if task_name == "jigsaw":
+        permutations = task.permutations.numpy()
+        piece = int(task.puzzles(crops[:1].float() / 255)[0].shape[-1])
+
+        def reference(crop: Image.Image) -> torch.Tensor:
+            return reference_jigsaw(crop, task.cfg, permutations, rng)
+    elif task_name == "context":
+        geometry = config_geometry(task.cfg, image_size)
+        piece = geometry.patch
+
+        def reference(crop: Image.Image) -> torch.Tensor:
+            return reference_context(crop, task.cfg, geometry, rng)
+    else:
+        raise ValueError(f"no per-sample reference for task {task_name}: jigsaw or context")
+    batched = reference_total = 0.0
+    for r in range(rounds + 1):  # round 0 warms both up
+        started = time.perf_counter()
+        images = crops.float() / 255  # the step's conversion of a loaded batch, as the reference's / 255
+        batched_seconds = time.perf_counter() - started + time_pretext_inputs(task, images, seed + r)
+        started = time.perf_counter()
+        for crop in pil_crops:
+            reference(crop)
+        reference_seconds = time.perf_counter() - started
+        if r:
+            batched += batched_seconds
+            reference_total += reference_seconds
+    images = rounds * batch_size
+    return DataSideResult(task_name, scale, image_size, piece, batch_size, 1000 * batched / images,
+                          1000 * reference_total / images, batched / reference_total)

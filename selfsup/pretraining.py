@@ -1,0 +1,72 @@
+"""From a resolved :class:`~selfsup.config.PretrainConfig` to the pieces of a pretraining run: the task with
+its encoder, the images it trains on, and the Trainer. ssl-pretrain and ssl-bench build runs the same way."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from selfsup.config import PretrainConfig, from_dict
+from selfsup.data.loading import CenterCrop, RandomCrop, auto_workers
+from selfsup.data.sources import ImageSource, Splits, open_splits
+from selfsup.distributed import DistInfo
+from selfsup.engine import Trainer
+from selfsup.errors import DataError
+from selfsup.models import build_encoder
+from selfsup.pretext import TASKS, PretextTask, build_task
+from selfsup.probes.knn import KnnMonitor
+
+
+@dataclass
+class Pretraining:
+    task: PretextTask
+    splits: Splits
+    source: ImageSource  # what the task trains on: the pretraining split, or train for tasks that need labels
+    in_channels: int
+
+
+def build_pretraining(cfg: PretrainConfig) -> Pretraining:
+    """The task (a freshly initialised encoder: seed torch first) and its training images."""
+    task_cls = TASKS[cfg.task]
+    splits = open_splits(cfg.data.data, cfg.data.data_root, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed,
+                         layout=cfg.data.layout)
+    source = splits.train if getattr(task_cls, "needs_labels", False) else splits.pretrain
+    if source is None:
+        raise DataError(f"task {cfg.task} needs labelled data, but {cfg.data.data} has no class sub-folders")
+    task_cfg = task_cls.fit_to_data(from_dict(task_cls.Config, cfg.pretext, prefix="pretext."), len(source))
+    in_channels = task_cls.encoder_channels(task_cfg)
+    encoder = build_encoder(cfg.model.arch, in_channels=in_channels, width=cfg.model.width)
+    task = build_task(cfg.task, encoder, dataclasses.asdict(task_cfg), num_classes=len(source.classes) or None)
+    return Pretraining(task, splits, source, in_channels)
+
+
+def loader_workers(cfg: PretrainConfig, dist_info: DistInfo) -> int:
+    """``data.workers``, with -1 (auto) resolved for this machine and device."""
+    if cfg.data.workers >= 0:
+        return cfg.data.workers
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return auto_workers(dist_info.device, processes)
+
+
+def new_trainer(cfg: PretrainConfig, setup: Pretraining, dist_info: DistInfo, out_dir: Path, record: dict[str, Any], *,
+                knn_monitor: KnnMonitor | None = None, trust_checkpoint: bool = False) -> Trainer:
+    """The Trainer of ``setup``'s task: random-resized crops of ``data.image_size`` for the steps, centre crops
+    for whole-source passes (``prepare_epoch``)."""
+    return Trainer(
+        setup.task,
+        setup.source,
+        RandomCrop(cfg.data.image_size, scale=(cfg.data.crop_scale_min, 1.0), hflip=cfg.data.hflip),
+        train_cfg=cfg.train,
+        optim_cfg=cfg.optim,
+        workers=loader_workers(cfg, dist_info),
+        out_dir=out_dir,
+        dist_info=dist_info,
+        record=record,
+        channels_last=dist_info.device.type == "cuda" if cfg.model.channels_last is None else cfg.model.channels_last,
+        feature_view=CenterCrop(cfg.data.image_size),
+        knn_monitor=knn_monitor,
+        trust_checkpoint=trust_checkpoint,
+    )

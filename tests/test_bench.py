@@ -1,0 +1,94 @@
+"""ssl-bench: its measures run every task end to end, split the step's time, write portable records and
+tables, and take bad options as one line. No test reads a timing beyond "it was measured"."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from selfsup.bench import measure_pipeline
+from selfsup.cli.bench import PRETEXT_TASKS, main as bench_main, task_config, build_parser
+from selfsup.engine import Trainer
+
+SMALL = ["--batch-size", "8", "--workers", "0", "--device", "cpu", "--precision", "fp32", "--width", "0.25"]
+TASK_SIZES = {"rotation": "16", "jigsaw": "48", "context": "48", "counting": "32", "colorization": "16",
+              "deepcluster": "16"}
+TASK_SETS = {
+    "jigsaw": ["--set", "pretext.num_permutations=10", "--set", "pretext.fc6_dim=16", "--set", "pretext.fc7_dim=16"],
+    "deepcluster": ["--set", "pretext.num_clusters=6", "--set", "pretext.mlp_dim=32", "--set", "pretext.head_pool=1"],
+}
+
+
+def pipeline_args(task: str, folder, *extra: str) -> list[str]:
+    return ["pipeline", "--task", task, "--data", str(folder / "train"), *SMALL, "--image-size", TASK_SIZES[task],
+            *TASK_SETS.get(task, []), *extra]
+
+
+@pytest.mark.parametrize("task", PRETEXT_TASKS)
+def test_pipeline_measures_every_task_and_splits_the_end_to_end_step(task, tiny_folder):
+    args = build_parser().parse_args(pipeline_args(task, tiny_folder, "--steps", "3", "--rounds", "2"))
+    result = measure_pipeline(task_config(args, task), steps=3, rounds=2, warmup=1)
+    assert result.task == task and result.steps_per_side == 3
+    assert result.end_to_end_img_s > 0 and result.step_only_img_s > 0
+    assert math.isclose(result.efficiency, result.end_to_end_img_s / result.step_only_img_s)
+    parts = result.end_to_end_ms
+    assert set(parts) == {"loader_wait", "to_device", "pretext_inputs", "rest_of_step"}
+    assert all(value >= 0 for value in parts.values())
+    # the parts are consecutive intervals of the step: their sum is the step's time
+    assert math.isclose(sum(parts.values()), 1000 * 8 / result.end_to_end_img_s, rel_tol=1e-6)
+
+
+def test_pipeline_steps_train_the_model_as_the_trainer_does(tiny_folder, monkeypatch):
+    steps = []
+    train_step = Trainer.train_step
+
+    def counted(self, images, labels):
+        steps.append((self.global_step, tuple(images.shape)))
+        return train_step(self, images, labels)
+
+    monkeypatch.setattr(Trainer, "train_step", counted)
+    args = build_parser().parse_args(pipeline_args("rotation", tiny_folder))
+    measure_pipeline(task_config(args, "rotation"), steps=4, rounds=2, warmup=1)
+    # 1 + 1 warm-up steps, then 4 a side; each at the next global step (the step generator differs)
+    assert [step for step, _ in steps] == list(range(10))
+    assert {shape for _, shape in steps} == {(8, 3, 16, 16)}
+
+
+def test_ssl_bench_pipeline_writes_a_portable_record_and_a_table(tiny_folder, tmp_path, capsys):
+    record, table = tmp_path / "bench.json", tmp_path / "bench.md"
+    status = bench_main(pipeline_args("counting", tiny_folder, "--steps", "2", "--json", str(record),
+                                      "--table", str(table)))
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "| counting |" in out
+    saved = json.loads(record.read_text())
+    assert saved["kind"] == "bench_pipeline" and saved["rows"][0]["task"] == "counting"
+    assert {"command", "git_commit", "machine"} <= set(saved)
+    text = table.read_text()
+    assert "ssl-bench pipeline" in text and "| counting |" in text and "efficiency" in text
+
+
+def test_ssl_bench_threads_compares_thread_counts_idle_and_busy(tiny_folder, capsys):
+    before = torch.get_num_threads()
+    status = bench_main(["threads", "--task", "rotation", "--data", str(tiny_folder / "train"), *SMALL,
+                         "--image-size", "16", "--counts", "1,2", "--busy", "1", "--steps", "2", "--rounds", "1"])
+    assert status == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| rotation |")]
+    assert len(rows) == 4  # 2 counts x (idle, busy)
+    assert sum("busy (1 spinning processes)" in row for row in rows) == 2
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["pipeline", "--steps", "0"], "--steps 0"),
+    (["pipeline", "--task", "nope"], "--task"),
+    (["--threads", "0", "pipeline"], "--threads"),
+    (["threads", "--counts", "0"], "--counts"),
+])
+def test_bad_options_are_one_line_with_exit_2(argv, named, capsys):
+    assert bench_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and named in err[0], err
