@@ -117,6 +117,10 @@ def budget_curve(task: str, args: argparse.Namespace, data: str, runs: Path, rec
     if args.curve_minutes:
         steps = json.loads((curve / f"{prefix}_pretrain.json").read_text())["steps"]
         probe(str(out / "last.pt"), data, 0, args.train_images, curve / f"{prefix}_step_{steps:06d}.json", PROBE[:-2])
+        # step 0 of this series: the random encoder of seed 0, fed and sized like the task, probed by the same code
+        size = json.loads((curve / f"{prefix}_step_{steps:06d}.json").read_text())["image_size"]
+        probe("random", data, 0, args.train_images, curve / f"{prefix}_step_000000.json",
+              [*PROBE[:-2], "--input-like", task, "--image-size", str(size)])
 
 
 def best_layer(record: dict) -> float:
@@ -144,12 +148,12 @@ def draw_curves(dataset: str) -> Path | None:
     figure, axes = plt.subplots(figsize=(6, 4))
     for series, kept in points.items():
         task, _, minutes = series.partition("-")
-        start = best_layer(json.loads((table / f"linear_random-{task}_s0.json").read_text()))
-        if minutes:  # a separate longer run: its own last checkpoint is among its records
+        if minutes:  # a separate longer run: its step 0 (random encoder) and last checkpoint are among its records
             label = f"{task}, separate {minutes} run"
-            points_of_run = sorted([(0, start), *kept])
-        else:  # the table's run: its last checkpoint is the table's probe of seed 0
+            points_of_run = sorted(kept)
+        else:  # the table's run: step 0 and its last checkpoint are the table's probes of seed 0
             label = task
+            start = best_layer(json.loads((table / f"linear_random-{task}_s0.json").read_text()))
             last = json.loads((table / f"pretrain_{task}_s0.json").read_text())["steps"]
             end = best_layer(json.loads((table / f"linear_{task}_p0_s0.json").read_text()))
             points_of_run = sorted([(0, start), *kept, (last, end)])
