@@ -96,10 +96,15 @@ class _Batches:
         self.relabel = getattr(trainer.model, "batch_labels", None)
         self.iterator: Iterator | None = None
         self.epoch = 0
+        self.prepare_seconds: list[float] = []  # the task's preparation of each epoch started (e.g. clustering)
+        self.prepare_metrics: list[dict[str, float]] = []
 
     def _start_epoch(self) -> None:
         self.trainer.epoch = self.epoch
+        started = time.perf_counter()
         plan = self.trainer.plan_epoch()
+        self.prepare_seconds.append(time.perf_counter() - started)
+        self.prepare_metrics.append(dict(self.trainer.epoch_metrics))
         self.trainer.sampler.set_epoch(self.epoch, 0, plan.order)
         self.iterator = iter(self.trainer.loader)
         self.epoch += 1
@@ -232,6 +237,41 @@ def measure_pipeline(cfg: PretrainConfig, *, steps: int, rounds: int, warmup: in
     )
 
 
+@dataclass
+class EpochShareResult:
+    task: str
+    epochs: int
+    warmup_epochs: int
+    steps_per_epoch: int
+    prepare_s: float  # per epoch: the task's preparation (feature pass, PCA, k-means)
+    steps_s: float  # per epoch: its end-to-end training steps
+    outside_share: float  # prepare / (prepare + steps)
+    prepare_metrics: list[dict[str, float]]
+    options: dict[str, Any]
+
+    def row(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def measure_epoch_share(cfg: PretrainConfig, *, epochs: int, warmup_epochs: int = 0) -> EpochShareResult:
+    """Whole epochs of ``cfg``'s training: the seconds of each epoch's preparation by the task (DeepCluster's
+    clustering step) against the seconds of its training steps, end to end; ``warmup_epochs`` are run first,
+    untimed (e.g. the first epoch of a run that reuses its training features, which has none yet)."""
+    steps = StepTimes()
+    with pipeline_session(cfg) as session:
+        per_epoch = session.trainer.steps_per_epoch
+        for _ in range(warmup_epochs * per_epoch):
+            session.full_step()
+        for _ in range(epochs * per_epoch):
+            session.full_step(steps)
+        prepare = session.batches.prepare_seconds[warmup_epochs : warmup_epochs + epochs]
+        metrics = session.batches.prepare_metrics[warmup_epochs : warmup_epochs + epochs]
+        options = dataclasses.asdict(session.trainer.model.cfg)
+    prepare_s, steps_s = sum(prepare) / epochs, steps.total / epochs
+    return EpochShareResult(cfg.task, epochs, warmup_epochs, per_epoch, prepare_s, steps_s, prepare_s / (prepare_s + steps_s),
+                            metrics, options)
+
+
 @contextlib.contextmanager
 def busy_cores(count: int) -> Iterator[None]:
     """``count`` other processes spinning on the CPU meanwhile (a shared machine's other jobs)."""
@@ -360,6 +400,7 @@ class DataSideResult:
     image_size: int
     piece: int  # tile or patch side in px
     batch_size: int
+    device: str  # where the batched side ran (the reference always runs on the CPU)
     batched_ms_per_image: float
     per_sample_pil_ms_per_image: float
     ratio: float  # batched / per-sample PIL
@@ -369,21 +410,21 @@ class DataSideResult:
 
 
 def measure_data_side(task_name: str, scale: str, image_size: int, options: dict[str, Any], *, batch_size: int,
-                      rounds: int, seed: int = 0) -> DataSideResult:
-    """Per image, the task's batched input-making on CPU against the per-sample PIL reference, both from the same
-    decoded uint8 training crops, interleaved over ``rounds``. Crops are smooth random images: the cost does
-    not depend on content."""
+                      rounds: int, device: torch.device, seed: int = 0) -> DataSideResult:
+    """Per image, the task's batched input-making on ``device`` against the per-sample PIL reference on the CPU,
+    both from the same decoded uint8 training crops, interleaved over ``rounds``. Crops are smooth random
+    images: the cost does not depend on content."""
     torch.manual_seed(seed)
     task_cls = TASKS[task_name]
-    task = build_task(task_name, build_encoder("alexnet_small", in_channels=3, width=0.25), options).eval()
+    task = build_task(task_name, build_encoder("alexnet_small", in_channels=3, width=0.25), options).eval().to(device)
     task_cls.check_image_size(task.cfg, image_size)
     rng = np.random.default_rng(seed)
     small = torch.rand(batch_size, 3, image_size // 8 + 1, image_size // 8 + 1, generator=torch.Generator().manual_seed(seed))
     crops = (torch.nn.functional.interpolate(small, size=(image_size, image_size), mode="bilinear") * 255).to(torch.uint8)
     pil_crops = [Image.fromarray(crop.permute(1, 2, 0).numpy()) for crop in crops]
     if task_name == "jigsaw":
-        permutations = task.permutations.numpy()
-        piece = int(task.puzzles(crops[:1].float() / 255)[0].shape[-1])
+        permutations = task.permutations.cpu().numpy()
+        piece = int(task.puzzles(crops[:1].to(device).float() / 255)[0].shape[-1])
 
         def reference(crop: Image.Image) -> torch.Tensor:
             return reference_jigsaw(crop, task.cfg, permutations, rng)
@@ -398,7 +439,7 @@ def measure_data_side(task_name: str, scale: str, image_size: int, options: dict
     batched = reference_total = 0.0
     for r in range(rounds + 1):  # round 0 warms both up
         started = time.perf_counter()
-        images = crops.float() / 255  # the step's conversion of a loaded batch, as the reference's / 255
+        images = crops.to(device, non_blocking=True).float() / 255  # the step's transfer and conversion
         batched_seconds = time.perf_counter() - started + time_pretext_inputs(task, images, seed + r)
         started = time.perf_counter()
         for crop in pil_crops:
@@ -408,5 +449,5 @@ def measure_data_side(task_name: str, scale: str, image_size: int, options: dict
             batched += batched_seconds
             reference_total += reference_seconds
     images = rounds * batch_size
-    return DataSideResult(task_name, scale, image_size, piece, batch_size, 1000 * batched / images,
+    return DataSideResult(task_name, scale, image_size, piece, batch_size, str(device), 1000 * batched / images,
                           1000 * reference_total / images, batched / reference_total)

@@ -27,7 +27,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -109,10 +109,11 @@ class EpochContext:
     seed: int
     reset_optimizer_state: Callable[[Iterable[nn.Parameter]], None]
 
-    def shard_batches(self) -> Iterator[Batch]:
-        """This process's share of the source (every ``world_size``-th index from ``rank``), in order;
-        images as uint8 on the CPU, ``Batch.indices`` says which source index each one is."""
-        shard = list(range(self.dist.rank, len(self.source), self.dist.world_size))
+    def shard_batches(self, indices: Sequence[int] | None = None) -> Iterator[Batch]:
+        """This process's share of the source (every ``world_size``-th index from ``rank``; of ``indices`` only
+        when given), in order; images as uint8 on the CPU, ``Batch.indices`` says which source index each one is."""
+        wanted = range(len(self.source)) if indices is None else indices
+        shard = list(wanted[self.dist.rank :: self.dist.world_size])
         loader = eval_loader(IndexedSource(self.source, shard, "shard"), self.feature_view, batch_size=self.batch_size,
                              workers=self.workers, pin_memory=self.device.type == "cuda")
         # a pass over a large set takes minutes: show it, like the training steps

@@ -92,3 +92,62 @@ def test_bad_options_are_one_line_with_exit_2(argv, named, capsys):
     assert bench_main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and named in err[0], err
+
+
+@pytest.mark.parametrize("task, size, piece_shape", [("jigsaw", 64, (9, 3, 18, 18)), ("context", 64, (2, 3, 18, 18))])
+def test_data_side_compares_the_batched_inputs_with_a_per_sample_reference_of_the_same_geometry(task, size,
+                                                                                                 piece_shape):
+    from selfsup.bench import measure_data_side, reference_context, reference_jigsaw
+    from selfsup.presets import load_preset
+
+    options = load_preset("demo", task)["pretext"]
+    result = measure_data_side(task, "demo", size, options, batch_size=3, rounds=1, device=torch.device("cpu"))
+    assert result.piece == piece_shape[-1] and result.device == "cpu"
+    assert result.batched_ms_per_image > 0 and result.per_sample_pil_ms_per_image > 0
+    assert math.isclose(result.ratio, result.batched_ms_per_image / result.per_sample_pil_ms_per_image)
+    # the reference makes what the task feeds, one sample at a time: same pieces, normalised per channel
+    import numpy as np
+    from PIL import Image
+
+    from selfsup.models import build_encoder
+    from selfsup.pretext import build_task
+    from selfsup.pretext.context import config_geometry
+
+    built = build_task(task, build_encoder("alexnet_small", width=0.25), options)
+    crop = Image.fromarray((np.random.default_rng(0).random((size, size, 3)) * 255).astype(np.uint8))
+    rng = np.random.default_rng(1)
+    if task == "jigsaw":
+        made = reference_jigsaw(crop, built.cfg, built.permutations.numpy(), rng)
+    else:
+        made = reference_context(crop, built.cfg, config_geometry(built.cfg, size), rng)
+    assert made.shape == piece_shape and made.dtype == torch.float32
+    assert float(made.flatten(-2).mean(-1).abs().max()) < 0.05  # channels centred, as the task's are
+
+
+def test_ssl_bench_data_and_probe_write_their_tables(tiny_folder, tmp_path, capsys):
+    table = tmp_path / "data.md"
+    assert bench_main(["data", "--task", "jigsaw", "--scale", "demo", "--batch-size", "2", "--rounds", "1",
+                       "--table", str(table)]) == 0
+    assert "| jigsaw | demo | 64 | 18 | cpu |" in table.read_text()
+    record = tmp_path / "probe.json"
+    probe_args = "--epochs 1 --batch-size 8 --image-size 16 --width 0.25 --workers 0"
+    assert bench_main(["probe", "--data", str(tiny_folder), "--layer", "conv2", "--probe-args", probe_args,
+                       "--json", str(record)]) == 0
+    rows = json.loads(record.read_text())["rows"]
+    assert [row["freeze"] for row in rows] == ["all", "conv2"]
+    assert rows[0]["dims"] > rows[1]["dims"] > 0
+    assert rows[0]["ratio_all_vs_one"] == pytest.approx(rows[0]["total_s"] / rows[1]["total_s"])
+    assert all(row["total_s"] > 0 and row["total_s"] >= row["head_epochs_s"] >= 0 for row in rows)
+    assert "| all |" in capsys.readouterr().out
+
+
+def test_deepcluster_share_times_whole_epochs_and_their_clustering_step(tiny_folder, tmp_path):
+    record = tmp_path / "dc.json"
+    assert bench_main(["deepcluster", "--data", str(tiny_folder / "train"), *SMALL, "--image-size", "16",
+                       *TASK_SETS["deepcluster"], "--set", "pretext.reassign_every=1", "--epochs", "2",
+                       "--json", str(record)]) == 0
+    [row] = json.loads(record.read_text())["rows"]
+    assert row["task"] == "deepcluster" and row["epochs"] == 2 and row["steps_per_epoch"] == 5
+    assert row["prepare_s"] > 0 and row["steps_s"] > 0
+    assert row["outside_share"] == pytest.approx(row["prepare_s"] / (row["prepare_s"] + row["steps_s"]))
+    assert len(row["prepare_metrics"]) == 2 and all("cluster_s" in m for m in row["prepare_metrics"])

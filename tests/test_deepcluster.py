@@ -138,3 +138,59 @@ def test_torchrun_two_processes_cluster_like_one(tiny_folder, tmp_path):
     first = [json.loads((run / "summary.json").read_text())["history"][0] for run in (single, ddp)]
     assert first[0]["nmi_labels"] == pytest.approx(first[1]["nmi_labels"])
     assert first[0]["kmeans_objective"] == pytest.approx(first[1]["kmeans_objective"], rel=1e-4)
+
+
+def test_reuse_features_clusters_the_banked_training_features_and_passes_only_unseen_images(tiny_folder):
+    task, context = _task_and_context(tiny_folder)
+    task.cfg.reuse_features = True
+    n = len(context.source)
+    first = task.prepare_epoch(context)  # nothing banked yet: a full pass
+    assert first.metrics["passed_images"] == n
+    task.train()
+    seen = first.order[:16]
+    images = torch.rand(16, 3, 16, 16)
+    labels = task.batch_labels(seen, torch.full((16,), -1))
+    task(images, labels)  # a training step banks its features under the batch's indices
+    banked = task.feature_epoch >= 0
+    assert int(banked.sum()) == len(set(seen.tolist())) and bool((task.feature_epoch[seen] == 0).all())
+    expected = task.feature_bank[seen].clone()
+
+    context.epoch = 1
+    captured = {}
+    original = task._banked_rows
+
+    def spy(num_samples):
+        captured["banked"] = original(num_samples)
+        return captured["banked"]
+
+    task._banked_rows = spy
+    second = task.prepare_epoch(context)
+    assert second.metrics["passed_images"] == n - int(banked.sum())  # only the images no step has seen
+    assert torch.equal(captured["banked"], banked)
+    assert torch.equal(task.feature_bank[seen], expected)  # clustering reads the bank, does not rewrite it
+
+
+def test_reuse_features_resumes_to_the_same_tensors_and_is_refused_under_torchrun(tiny_folder, tmp_path, monkeypatch):
+    from test_resume import Stopped, run_args, stop_after_checkpoint_at, tensors
+
+    folder = tiny_folder / "train"
+    extra = ("--set", "pretext.reuse_features=true", "--epochs", "3")
+    assert pretrain_main(run_args("deepcluster", folder, tmp_path / "reference", *extra)) == 0
+    with monkeypatch.context() as patch:
+        stop_after_checkpoint_at(patch, 8)
+        with pytest.raises(Stopped):
+            pretrain_main(run_args("deepcluster", folder, tmp_path / "stopped", *extra))
+    assert pretrain_main(run_args("deepcluster", folder, tmp_path / "stopped", *extra, "--resume")) == 0
+    expected = load_checkpoint(tmp_path / "reference" / "last.pt")
+    resumed = load_checkpoint(tmp_path / "stopped" / "last.pt")
+    want, got = tensors(expected["model"]), tensors(resumed["model"])
+    assert int((want["feature_epoch"] >= 0).sum()) > 0
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    passed = [epoch["passed_images"] for epoch in expected["history"]]
+    assert passed[0] == 43 and all(p < 43 for p in passed[1:])  # 43 pretraining images, then only unseen ones
+
+    task, context = _task_and_context(tiny_folder)
+    task.cfg.reuse_features = True
+    context.dist = DistInfo(0, 2, 0, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="reuse_features = true is invalid with several processes"):
+        task.prepare_epoch(context)

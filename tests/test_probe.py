@@ -30,8 +30,12 @@ def test_probe_all_layers_in_one_pass_writes_a_complete_record(tiny_checkpoint, 
         assert layer["dims"] <= 9216 and 1 <= layer["best_epoch"] <= 3
         assert 0 <= layer["test_top1"] <= layer["test_top5"] <= 100
     assert len(record["history"]) == 3 and record["command"]
-    table = capsys.readouterr().out
-    assert "conv1" in table and "conv5" in table and "test@1" in table
+    captured = capsys.readouterr()
+    assert "conv1" in captured.out and "conv5" in captured.out and "test@1" in captured.out
+    # a progress line per head epoch, with every layer's selection accuracy
+    epochs = [line for line in captured.err.splitlines() if line.startswith("ssl-probe: head epoch ")]
+    assert [line.split()[3] for line in epochs] == ["1/3:", "2/3:", "3/3:"]
+    assert all("selection top-1 conv1" in line and "conv5" in line for line in epochs)
 
 
 def test_probe_one_layer_accepts_resnet_aliases(tiny_folder, tmp_path):

@@ -4,6 +4,8 @@
     ssl-bench pipeline --task all --json experiments/records/bench/pipeline.json --table experiments/results/bench_pipeline.md
     ssl-bench threads --task rotation                  # img/s per torch thread count, idle and beside busy processes
     ssl-bench data                                     # jigsaw and context inputs: batched vs per-sample PIL
+    ssl-bench probe                                    # ssl-probe --freeze all vs --freeze conv3
+    ssl-bench deepcluster                              # share of a reclustering epoch outside the training steps
 
 Every sub-command prints a table; ``--json FILE`` writes a record (rows, command, commit, machine) and
 ``--table FILE`` the same table in Markdown with how it was produced. No timing is exact on a shared
@@ -13,20 +15,25 @@ machine: read the ratios, whose two sides ran interleaved in the same process.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
+import shlex
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from selfsup.bench import measure_data_side, measure_pipeline, measure_threads
+from selfsup.bench import measure_data_side, measure_epoch_share, measure_pipeline, measure_threads
 from selfsup.checkpoint import atomic_file
 from selfsup.cli.common import (
     Parser, add_overrides, check_option_values, int_list, command_line, git_commit, machine_description, user_errors_exit,
 )
 from selfsup.cli.pretrain import FLAGS, config_from_args
 from selfsup.config import PretrainConfig
+from selfsup.distributed import pick_device
 from selfsup.outputs import check_output_file
 from selfsup.presets import load_preset
 from selfsup.pretext import TASKS
@@ -40,15 +47,21 @@ PIPELINE_FLAGS = {flag: FLAGS[flag] for flag in (
 )}
 
 
-def add_run_options(parser: argparse.ArgumentParser, *, steps: int) -> None:
-    """The task's run config, built as ssl-pretrain builds it, and how many steps to time."""
-    parser.add_argument("--steps", type=int, default=steps, help=f"timed steps on each side (default {steps})")
-    parser.add_argument("--rounds", type=int, default=4, help="alternating blocks the steps are split into (default 4)")
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """The task's run config, built as ssl-pretrain builds it."""
     parser.add_argument("--config", help="YAML file of config fields, as for ssl-pretrain")
     parser.add_argument("--preset", default=None, help="as for ssl-pretrain (default: demo unless --config)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config field, as for ssl-pretrain")
     add_overrides(parser, PIPELINE_FLAGS)
+
+
+def add_step_options(parser: argparse.ArgumentParser, *, steps: int) -> None:
+    parser.add_argument("--steps", type=int, default=steps, help=f"timed steps on each side (default {steps})")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating blocks the steps are split into (default 4)")
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", help="write the record to this file")
     parser.add_argument("--table", help="write the table in Markdown to this file")
 
@@ -63,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "task's run config is built as ssl-pretrain builds it (its demo preset unless --config).")
     pipeline.add_argument("--task", default="rotation", choices=[*PRETEXT_TASKS, "all"],
                           help="the task to measure, or all of them one after another (default rotation)")
-    add_run_options(pipeline, steps=40)
+    add_step_options(pipeline, steps=40)
+    add_config_options(pipeline)
+    add_output_options(pipeline)
     threads = commands.add_parser(
         "threads", help="end-to-end img/s per torch thread count, on the machine as it is and beside busy processes",
         description="End-to-end training img/s at each --counts thread count (interleaved blocks), once on the "
@@ -74,7 +89,33 @@ def build_parser() -> argparse.ArgumentParser:
     threads.add_argument("--counts", type=int_list, default=None,
                          help="thread counts to compare (default: 1 and the number of cores)")
     threads.add_argument("--busy", type=int, default=None, help="spinning processes of the busy half (default: cores)")
-    add_run_options(threads, steps=24)
+    add_step_options(threads, steps=24)
+    add_config_options(threads)
+    add_output_options(threads)
+    deepcluster = commands.add_parser(
+        "deepcluster", help="share of a reclustering epoch spent outside the training steps",
+        description="Whole DeepCluster epochs, built as ssl-pretrain builds them (the demo preset unless --config): "
+                    "the seconds of each epoch's clustering step (feature pass over the training set, PCA, "
+                    "k-means) against the seconds of its training steps, end to end.")
+    deepcluster.add_argument("--epochs", type=int, default=2, help="epochs to time (default 2)")
+    deepcluster.add_argument("--warmup-epochs", type=int, default=0,
+                             help="epochs run untimed first (default 0; 1 with reuse_features, whose first "
+                                  "epoch has no banked features yet)")
+    add_config_options(deepcluster)
+    add_output_options(deepcluster)
+    probe = commands.add_parser(
+        "probe", help="ssl-probe --freeze all against one layer, same data: ratio_all_vs_one",
+        description="ssl-probe's linear probe of every layer (--freeze all) against one layer (--freeze LAYER) "
+                    "of the same encoder on the same data, the two runs alternated --rounds times; the time "
+                    "split is read from the records (head epochs' seconds).")
+    probe.add_argument("--checkpoint", default="random", help="as for ssl-probe (default random)")
+    probe.add_argument("--arch", default="alexnet_small", help="with --checkpoint random (default alexnet_small)")
+    probe.add_argument("--layer", default="conv3", help="the one layer (default conv3)")
+    probe.add_argument("--data", default=None, help="as for ssl-probe (default: the demo set)")
+    probe.add_argument("--rounds", type=int, default=1, help="alternations of the two runs (default 1)")
+    probe.add_argument("--probe-args", default="", help="more ssl-probe options for both runs, in one string, "
+                                                         "e.g. '--train-images 2000 --precision bf16'")
+    add_output_options(probe)
     data = commands.add_parser(
         "data", help="data-side ms per image of jigsaw and context against a per-sample PIL implementation",
         description="The task's batched input-making on the CPU (from a batch of uint8 training crops to what "
@@ -86,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--scale", default="all", choices=["demo", "paper", "all"], help="default: both")
     data.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
     data.add_argument("--rounds", type=int, default=3, help="timed batches on each side (default 3)")
-    data.add_argument("--json", help="write the record to this file")
-    data.add_argument("--table", help="write the table in Markdown to this file")
+    data.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                      help="where the batched side runs (default cpu; the per-sample reference always does)")
+    add_output_options(data)
     return parser
 
 
@@ -154,6 +196,66 @@ def threads_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def deepcluster_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    check_option_values(args, at_least=(("epochs", 1), ("warmup_epochs", 0)))
+    cfg = task_config(args, "deepcluster")
+    announce("deepcluster", cfg)
+    return [measure_epoch_share(cfg, epochs=args.epochs, warmup_epochs=args.warmup_epochs).row()]
+
+
+def deepcluster_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| task | reclustering | reuse_features | epochs timed (after untimed) | steps per epoch | clustering "
+             "step s per epoch | training steps s per epoch | share outside the steps | of which feature pass s "
+             "(images passed), k-means s |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        metrics = row["prepare_metrics"]
+        extract = sum(m.get("extract_s", 0.0) for m in metrics) / max(len(metrics), 1)
+        cluster = sum(m.get("cluster_s", 0.0) for m in metrics) / max(len(metrics), 1)
+        passed = sum(m.get("passed_images", 0.0) for m in metrics) / max(len(metrics), 1)
+        lines.append(f"| {row['task']} | every {row['options']['reassign_every']} epoch(s) | "
+                     f"{'on' if row['options']['reuse_features'] else 'off'} | {row['epochs']} ({row['warmup_epochs']}) | "
+                     f"{row['steps_per_epoch']} | {row['prepare_s']:.1f} | {row['steps_s']:.1f} | "
+                     f"{100 * row['outside_share']:.1f}% | {extract:.1f} ({passed:.0f}), {cluster:.1f} |")
+    return lines
+
+
+def probe_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from selfsup.cli import probe as ssl_probe  # the probe protocols still live in the CLI (issue 15)
+
+    check_option_values(args, at_least=(("rounds", 1),))
+    common = ["--checkpoint", args.checkpoint, "--seed", "0", *shlex.split(args.probe_args)]
+    if args.checkpoint == "random":
+        common += ["--arch", args.arch]
+    if args.data is not None:
+        common += ["--data", args.data]
+    times: dict[str, list[dict[str, float]]] = {"all": [], args.layer: []}
+    with tempfile.TemporaryDirectory(prefix="ssl-bench-probe-") as scratch:
+        for round_ in range(args.rounds):
+            for freeze in times:
+                print(f"ssl-bench probe: round {round_ + 1}/{args.rounds}, --freeze {freeze} ...", file=sys.stderr,
+                      flush=True)
+                argv = [*common, "--freeze", freeze, "--out", str(Path(scratch) / f"{freeze}_{round_}.json")]
+                with contextlib.redirect_stdout(io.StringIO()):
+                    record = ssl_probe.run(ssl_probe.build_parser().parse_args(argv))
+                heads = sum(epoch["seconds"] for epoch in record["history"])
+                times[freeze].append({"total_s": record["wall_time_s"], "head_epochs_s": heads,
+                                      "dims": sum(layer["dims"] for layer in record["layers"].values())})
+    mean = {freeze: {key: sum(t[key] for t in runs) / len(runs) for key in runs[0]} for freeze, runs in times.items()}
+    return [{"freeze": freeze, "layers": freeze, **values, "other_s": values["total_s"] - values["head_epochs_s"],
+             "ratio_all_vs_one": mean["all"]["total_s"] / mean[args.layer]["total_s"], "rounds": args.rounds,
+             "probe_command": "ssl-probe " + shlex.join([*common, "--freeze", freeze]), "device": "cpu"}
+            for freeze, values in mean.items()]
+
+
+def probe_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| --freeze | feature dims | total s | head epochs s | extraction, BN and evaluation s | "
+             "ratio_all_vs_one |", "|---|---|---|---|---|---|"]
+    lines += [f"| {row['freeze']} | {row['dims']:.0f} | {row['total_s']:.1f} | {row['head_epochs_s']:.1f} | "
+              f"{row['other_s']:.1f} | {row['ratio_all_vs_one']:.2f} |" for row in rows]
+    return lines + ["", f"Each run: `{rows[0]['probe_command']}` (and the other --freeze), mean of {rows[0]['rounds']} "
+                        "alternated round(s)."]
+
+
 def data_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     check_option_values(args, at_least=(("batch_size", 1), ("rounds", 1)))
     rows = []
@@ -166,21 +268,22 @@ def data_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
                 size, options, _ = PAPER_SIZES[task]
             print(f"ssl-bench data: {task}, {scale} size ({size} px crops) ...", file=sys.stderr, flush=True)
             rows.append(measure_data_side(task, scale, size, options, batch_size=args.batch_size,
-                                          rounds=args.rounds).row())
+                                          rounds=args.rounds, device=pick_device(args.device, option="--device")).row())
     return rows
 
 
 def data_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| task | size | crop px | tile/patch px | batched ms/img | per-sample PIL ms/img | ratio |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {row['task']} | {row['scale']} | {row['image_size']} | {row['piece']} | "
+    lines = ["| task | size | crop px | tile/patch px | batched on | batched ms/img | per-sample PIL ms/img | ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {row['task']} | {row['scale']} | {row['image_size']} | {row['piece']} | {row['device']} | "
               f"{row['batched_ms_per_image']:.3f} | {row['per_sample_pil_ms_per_image']:.3f} | {row['ratio']:.2f} |"
               for row in rows]
     return lines
 
 
 MEASURES = {"pipeline": (pipeline_rows, pipeline_table), "threads": (threads_rows, threads_table),
-            "data": (data_rows, data_table)}
+            "data": (data_rows, data_table), "probe": (probe_rows, probe_table),
+            "deepcluster": (deepcluster_rows, deepcluster_table)}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

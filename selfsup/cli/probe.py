@@ -58,6 +58,7 @@ from selfsup.probes.linear import (
     cached_batches,
     evaluate,
     extract_features,
+    fix_batchnorm_statistics,
     streamed_batches,
     train_heads,
 )
@@ -441,9 +442,11 @@ def quick_bn_scores(context: ProbeContext, train: ImageSource,
             fit_set = context.features(quick_train, f"train ({which} BatchNorm statistics)")
             score_set = context.features(quick_select, f"{args.selection_split} ({which} BatchNorm statistics)")
             heads = LinearHeads(context.pools, probe.dims, probe.num_classes).to(device)
+            fix_batchnorm_statistics(heads, fit_set.features)
             best, _ = train_heads(heads, cached_batches(fit_set.features, fit_set.labels, quick.batch_size, device,
                                                         shuffle_seed=args.seed),
-                                  cached_batches(score_set.features, score_set.labels, 256, device), quick, steps)
+                                  cached_batches(score_set.features, score_set.labels, 256, device), quick, steps,
+                                  fixed_batchnorm=True)
             scores[which] = round(max(entry["top1"] for entry in best.values()), 2)
     print(f"ssl-probe: --bn-stats auto: best-layer {args.selection_split} top-1 {scores['checkpoint']} with the "
           f"checkpoint's statistics, {scores['train']} re-estimated", file=sys.stderr)
@@ -521,12 +524,16 @@ def run_classification(context: ProbeContext, dims: dict[str, int]) -> dict[str,
     def cached_linear_probe(feature_sets: dict[str, FeatureSet], pools: dict, layer_dims: dict[str, int]) -> dict:
         torch.manual_seed(args.seed)  # the heads start alike whatever ran before (--bn-stats auto, --also)
         heads = LinearHeads(pools, layer_dims, num_classes).to(device)
+        # the features are fixed: their BatchNorm statistics are computed once, over the whole train split
+        fix_batchnorm_statistics(heads, feature_sets["train"].features)
         train_batches = batches(feature_sets["train"], protocol.batch_size, seed=args.seed)
         steps = len(feature_sets["train"].labels) // protocol.batch_size
-        record = context.new_record(kind, data, split_info, dataclasses.asdict(protocol), args.selection_split)
+        record = context.new_record(kind, data, split_info, {**dataclasses.asdict(protocol),
+                                    "batchnorm": FIXED_BATCHNORM}, args.selection_split)
         record.update(augment=False, features="cached")
         return linear_probe(record, heads, train_batches, batches(feature_sets[args.selection_split]),
-                            batches(feature_sets["val"]), batches(feature_sets["test"]), protocol, steps)
+                            batches(feature_sets["val"]), batches(feature_sets["test"]), protocol, steps,
+                            fixed_batchnorm=True)
 
     record = cached_linear_probe(sets, context.pools, dims)
     for name, features, pooled in (("knn", sets, args.pool), ("global-knn", global_sets, "global")):
@@ -559,17 +566,24 @@ def streamed_linear_probe(context: ProbeContext, splits, dims, num_classes, prot
     loader = train_loader(splits.train, view, sampler, workers=args.workers, pin_memory=device.type == "cuda")
     train_batches = streamed_batches(frozen.encoder, frozen.input_fn, heads, loader, device, context.bad.add,
                                      context.autocast)
-    record = context.new_record("linear_probe", data, split_info, dataclasses.asdict(protocol), args.selection_split)
+    record = context.new_record("linear_probe", data, split_info, {**dataclasses.asdict(protocol),
+                                "batchnorm": "per batch (streamed features)"}, args.selection_split)
     record.update(augment=args.augment, features="streamed")
     return linear_probe(record, heads, train_batches, streams[args.selection_split], streams["val"], streams["test"],
                         protocol, sampler.steps_per_epoch)
 
 
+# cached features are fixed, so the heads' BatchNorm is a fixed standardisation: computed once, not per batch
+FIXED_BATCHNORM = "statistics of the whole train split, computed once (the features are fixed)"
+
+
 def linear_probe(record: dict[str, Any], heads: LinearHeads, train_batches, select_batches, val_batches, test_batches,
-                 protocol, steps_per_epoch: int) -> dict[str, Any]:
+                 protocol, steps_per_epoch: int, fixed_batchnorm: bool = False) -> dict[str, Any]:
     if steps_per_epoch == 0:
         raise DataError(f"train split has fewer images than one batch ({protocol.batch_size}); use --batch-size")
-    best, history = train_heads(heads, train_batches, select_batches, protocol, steps_per_epoch)
+    best, history = train_heads(heads, train_batches, select_batches, protocol, steps_per_epoch,
+                                progress=lambda line: print(f"ssl-probe: {line}", file=sys.stderr, flush=True),
+                                fixed_batchnorm=fixed_batchnorm)
     for layer in heads.heads:
         heads.heads[layer].load_state_dict(best[layer]["state"])
     val_scores = evaluate(heads, val_batches())

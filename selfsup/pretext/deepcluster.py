@@ -50,6 +50,10 @@ class DeepClusterConfig:
         -1, "units of fc6 and fc7, whose output is clustered; 0 = none (cluster the globally pooled last stage), "
         "-1 = auto: 4096 for AlexNet encoders (paper), 0 for ResNets", min=-1)
     dropout: float = option(0.5, "dropout before fc6 and fc7 (paper: 0.5)", min=0.0, max=0.99)
+    reuse_features: bool = option(
+        False, "cluster the features the training steps already computed (each image's latest, from its latest "
+        "training forward pass) and pass only images never trained on; NOT the paper's: those features are of "
+        "augmented crops, under dropout, and up to a few epochs old (paper: off, a fresh pass every epoch)")
 
 
 def auto_num_clusters(num_samples: int) -> int:
@@ -105,12 +109,24 @@ class DeepClusterTask(PretextTask):
         # source index -> cluster id of the current assignment; sized on the first clustering
         self.register_buffer("assignment", torch.empty(0, dtype=torch.long))
         self.register_buffer("assignment_epoch", torch.tensor(-1))
+        # reuse_features: source index -> its latest training features (bfloat16) and the epoch they are from
+        # (-1 = none yet); in the checkpoint, so that a resumed run clusters what the uninterrupted one would
+        self.register_buffer("feature_bank", torch.empty(0, mlp_dim or channels, dtype=torch.bfloat16))
+        self.register_buffer("feature_epoch", torch.empty(0, dtype=torch.long))
+        self._batch_indices: Tensor | None = None
+        self._epoch = 0
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + "assignment"
-        if key in state_dict:  # the buffer's size is the dataset's, unknown until then
-            self.assignment = torch.empty_like(state_dict[key], device=self.assignment.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        for name in ("assignment", "feature_bank", "feature_epoch"):
+            key = prefix + name
+            if key in state_dict:  # the buffer's size is the dataset's, unknown until then
+                setattr(self, name, torch.empty_like(state_dict[key], device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        for name in ("feature_bank", "feature_epoch"):  # checkpoints from before reuse_features have no bank
+            if prefix + name in missing_keys:
+                missing_keys.remove(prefix + name)
 
     def encoder_input(self, images: Tensor) -> Tensor:
         return sobel_input(images) if self.cfg.sobel else normalize_rgb(images)
@@ -122,6 +138,10 @@ class DeepClusterTask(PretextTask):
     # ------------------------------------------------------------------ the epoch-level step
     def prepare_epoch(self, context: EpochContext) -> EpochPlan:
         epoch, seed = context.epoch, context.seed
+        self._epoch = epoch
+        if self.cfg.reuse_features and context.dist.enabled:
+            raise ConfigError("pretext.reuse_features = true is invalid with several processes (each would hold "
+                              "only its own images' features): turn it off under torchrun")
         num_samples = len(context.source)
         reuse = int(self.assignment_epoch) == epoch or (
             self.assignment.numel() == num_samples and epoch % self.cfg.reassign_every != 0
@@ -136,20 +156,35 @@ class DeepClusterTask(PretextTask):
         started = time.perf_counter()
         was_training = self.training
         self.eval()
+        num_samples = len(context.source)
+        banked = self._banked_rows(num_samples)
+        # with reuse_features, only the images no training step has seen yet are passed again
+        wanted = None if banked is None else torch.nonzero(~banked).squeeze(1).tolist()
         rows, labels, indices = [], [], []
-        with torch.no_grad(), context.autocast():
-            for batch in context.shard_batches():
-                images = batch.images.to(context.device, non_blocking=True).float().div_(255)
-                rows.append(self.cluster_features(images).cpu())
-                labels.append(batch.labels)
-                indices.append(batch.indices)
+        if wanted is None or wanted:
+            with torch.no_grad(), context.autocast():
+                for batch in context.shard_batches(wanted):
+                    images = batch.images.to(context.device, non_blocking=True).float().div_(255)
+                    rows.append(self.cluster_features(images).cpu())
+                    labels.append(batch.labels)
+                    indices.append(batch.indices)
         self.train(was_training)
-        index = torch.cat(indices)
-        features = context.gather_rows(torch.cat(rows), index)
-        true_labels = context.gather_rows(torch.cat(labels), index)
-        if len(features) != len(context.source):
-            raise ValueError(f"clustering needs every training image; {len(context.source) - len(features)} "
+        passed = len(context.source) if wanted is None else len(wanted)
+        if rows:
+            index = torch.cat(indices)
+            fresh = context.gather_rows(torch.cat(rows), index)
+            fresh_labels = context.gather_rows(torch.cat(labels), index)
+        else:
+            fresh, fresh_labels = torch.empty(0, self.feature_bank.shape[1]), torch.empty(0, dtype=torch.long)
+        if len(fresh) != passed:
+            raise ValueError(f"clustering needs every training image; {passed - len(fresh)} "
                              "could not be read (see the skipped-file messages)")
+        if banked is None:
+            features, true_labels = fresh, fresh_labels
+        else:
+            features = self.feature_bank.float().cpu()
+            features[~banked] = fresh
+            true_labels = torch.tensor([context.source.label(i) for i in range(num_samples)], dtype=torch.long)
         extract_s = time.perf_counter() - started
 
         result = None
@@ -166,6 +201,7 @@ class DeepClusterTask(PretextTask):
 
         metrics = {
             "extract_s": round(extract_s, 2),
+            "passed_images": float(passed),
             "cluster_s": round(result.seconds, 2),
             "kmeans_objective": float(result.objective),
             "empty_clusters": float(result.empty_clusters),
@@ -176,6 +212,19 @@ class DeepClusterTask(PretextTask):
         if bool((true_labels >= 0).any()):
             metrics["nmi_labels"] = nmi(result.assignment, true_labels.numpy())
         return metrics
+
+    def _banked_rows(self, num_samples: int) -> Tensor | None:
+        """With reuse_features: which images have training features in the bank (sizing the bank on first
+        use); None when the option is off or no training step has banked anything yet (a full pass)."""
+        if not self.cfg.reuse_features:
+            return None
+        if self.feature_epoch.numel() != num_samples:
+            device = self.feature_bank.device
+            self.feature_bank = torch.zeros(num_samples, self.feature_bank.shape[1], dtype=torch.bfloat16, device=device)
+            self.feature_epoch = torch.full((num_samples,), -1, dtype=torch.long, device=device)
+            return None
+        banked = (self.feature_epoch >= 0).cpu()
+        return banked if bool(banked.any()) else None
 
     def _reset_top(self, context: EpochContext) -> None:
         # The classes changed meaning: a fresh top layer (N(0, 0.01), zero bias, as the paper's code),
@@ -190,10 +239,17 @@ class DeepClusterTask(PretextTask):
     def batch_labels(self, indices: Tensor, labels: Tensor) -> Tensor:
         if self.assignment.numel() == 0:
             raise RuntimeError("deepcluster trains on cluster ids; prepare_epoch has not clustered yet")
+        self._batch_indices = indices  # the training step that follows banks its features under these
         return self.assignment.to(indices.device)[indices]
 
     def forward(self, images: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        logits = self.top(self.cluster_features(images))
+        features = self.cluster_features(images)
+        if self.cfg.reuse_features and self.training and self._batch_indices is not None:
+            index = self._batch_indices.to(self.feature_bank.device)
+            self.feature_bank[index] = features.detach().to(self.feature_bank.device, torch.bfloat16)
+            self.feature_epoch[index] = self._epoch
+            self._batch_indices = None
+        logits = self.top(features)
         loss = F.cross_entropy(logits, labels)
         return {"loss": loss, "acc": accuracy(logits.detach(), labels)}
 

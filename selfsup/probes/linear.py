@@ -120,6 +120,30 @@ def extract_features(encoder: Encoder, input_fn: Callable[[Tensor], Tensor], poo
     return FeatureSet({name: torch.cat(parts) for name, parts in chunks.items()}, torch.cat(labels), torch.cat(indices))
 
 
+def feature_statistics(features: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
+    """Per-dimension mean and (population) variance of ``features`` (rows = images), in float32, accumulated in
+    float64 chunk by chunk so that a large bfloat16 cache is never converted whole."""
+    total = torch.zeros(features.shape[1], dtype=torch.float64)
+    squares = torch.zeros_like(total)
+    for rows in features.split(chunk):
+        rows = rows.double()
+        total += rows.sum(dim=0)
+        squares += rows.square().sum(dim=0)
+    mean = total / len(features)
+    return mean.float(), (squares / len(features) - mean.square()).clamp_min(0).float()
+
+
+def fix_batchnorm_statistics(heads: LinearHeads, features: Mapping[str, Tensor]) -> None:
+    """Sets every head's BatchNorm to the mean and variance of its layer's training ``features`` (rows = images):
+    with them fixed (see :func:`train_heads`), the BatchNorm is the same standardisation at every step and at
+    test time, and a step computes no batch statistics (nor their backward pass)."""
+    for layer, rows in features.items():
+        mean, var = feature_statistics(rows)
+        norm = heads.heads[layer][0]
+        norm.running_mean.copy_(mean)
+        norm.running_var.copy_(var)
+
+
 def topk_correct(logits: Tensor, labels: Tensor, ks: Sequence[int] = (1, 5)) -> list[int]:
     top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
     hits = top == labels[:, None]
@@ -148,11 +172,16 @@ def train_heads(
     select_batches: Callable[[], Iterable[tuple[dict[str, Tensor], Tensor]]],
     protocol: ProbeProtocol,
     steps_per_epoch: int,
+    progress: Callable[[str], None] | None = None,
+    fixed_batchnorm: bool = False,
 ) -> tuple[dict[str, dict], list[dict]]:
     """Trains all heads together; keeps, per layer, the head of the epoch with the best top-1 on
     ``select_batches`` (the val split unless the user forced test selection).
 
-    ``train_batches(epoch)`` yields ``(pooled_features_by_layer, labels)`` on ``device``.
+    ``train_batches(epoch)`` yields ``(pooled_features_by_layer, labels)`` on ``device``; ``progress`` gets a
+    line per epoch (loss, selection top-1 per layer, seconds). ``fixed_batchnorm``: the heads' BatchNorms keep
+    their running statistics (set by :func:`fix_batchnorm_statistics`) instead of normalising each batch by
+    its own.
     Returns the best state and epoch per layer, and the per-epoch selection history.
     """
     params = [p for head in heads.heads.values() for p in head.parameters()]
@@ -165,6 +194,9 @@ def train_heads(
     history = []
     for epoch in range(protocol.epochs):
         heads.train()
+        if fixed_batchnorm:
+            for head in heads.heads.values():
+                head[0].eval()
         started, seen, loss_sum = time.perf_counter(), 0, 0.0
         for pooled, labels in train_batches(epoch):
             logits = heads(pooled)
@@ -183,6 +215,11 @@ def train_heads(
             if scores["top1"] > best[layer]["top1"]:
                 best[layer] = {"top1": scores["top1"], "epoch": epoch + 1,
                                "state": copy.deepcopy(heads.heads[layer].state_dict())}
+        if progress is not None:
+            entry = history[-1]
+            shown = "  ".join(f"{layer} {top1:.2f}" for layer, top1 in entry["selection_top1"].items())
+            progress(f"head epoch {epoch + 1}/{protocol.epochs}: loss {entry['train_loss_sum_of_heads']:.4f}, "
+                     f"selection top-1 {shown} ({entry['seconds']:.1f} s)")
     return best, history
 
 

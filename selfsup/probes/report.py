@@ -556,7 +556,8 @@ def protocol_notes(rows: Sequence[Row]) -> list[str]:
             f"- linear probe protocol `{p['name']}`: {p['epochs']} epochs, batch {p['batch_size']}, lr {p['lr']} "
             f"x{p['gamma']} at epochs {list(p['milestones'])}, SGD momentum {p['momentum']}, wd {p['weight_decay']}; "
             f"features {linear[0].get('features', '?')}, augmentation {'on' if linear[0].get('augment') else 'off'}; "
-            f"probe sizes {sorted({r.get('image_size') for r in linear})} px")
+            + (f"head BatchNorm: {p['batchnorm']}; " if "batchnorm" in p else "")
+            + f"probe sizes {sorted({r.get('image_size') for r in linear})} px")
     for record in (r for row in rows for r in row.records.get("detection", [])):
         p = record["protocol"]
         notes.append(

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Every ssl-bench measure on this machine's CPU, as committed in experiments/results/bench_*.md (records in
+# experiments/records/bench/). About 25 minutes on 2 cores; run it with the machine otherwise idle.
+#
+#   bash experiments/bench_cpu.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1
+records=experiments/records/bench
+results=experiments/results
+mkdir -p "$records"
+
+ssl-bench pipeline --task all --json "$records/pipeline.json" --table "$results/bench_pipeline.md"
+ssl-bench data --json "$records/data.json" --table "$results/bench_data.md"
+ssl-bench probe --json "$records/probe.json" --table "$results/bench_probe.md"
+# DeepCluster reclustering every epoch: the paper's way (a fresh feature pass), then reusing the training
+# steps' features (its first epoch, which has none banked yet, untimed)
+ssl-bench deepcluster --set pretext.reassign_every=1 --epochs 2 \
+    --json "$records/deepcluster_paper.json" --table "$results/bench_deepcluster_paper.md"
+ssl-bench deepcluster --set pretext.reassign_every=1 --set pretext.reuse_features=true --warmup-epochs 1 --epochs 2 \
+    --json "$records/deepcluster_reuse.json" --table "$results/bench_deepcluster_reuse.md"
+ssl-bench threads --task rotation --json "$records/threads.json" --table "$results/bench_threads.md"
+# the same with OpenMP's default of spinning waits, for comparison with the passive policy every command sets
+OMP_WAIT_POLICY=ACTIVE ssl-bench threads --task rotation --json "$records/threads_active.json" \
+    --table "$results/bench_threads_active.md"

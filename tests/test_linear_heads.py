@@ -1,0 +1,42 @@
+"""The linear probe's heads on cached features: BatchNorm statistics computed once over the train features,
+kept fixed while the heads train, and one progress line per epoch."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from selfsup.probes.linear import (
+    LinearHeads, ProbeProtocol, cached_batches, feature_statistics, fix_batchnorm_statistics, train_heads,
+)
+
+
+def test_feature_statistics_are_the_mean_and_population_variance_of_the_cache():
+    features = (torch.randn(1000, 7) * torch.arange(1, 8) + 3).to(torch.bfloat16)
+    mean, var = feature_statistics(features, chunk=64)
+    exact = features.double()
+    torch.testing.assert_close(mean, exact.mean(dim=0).float())
+    torch.testing.assert_close(var, exact.var(dim=0, unbiased=False).float())
+
+
+def test_fixed_batchnorm_heads_keep_the_train_statistics_and_standardise_with_them():
+    torch.manual_seed(0)
+    features = {"conv1": torch.randn(96, 5) * 4 + 2, "conv2": torch.randn(96, 3) - 1}
+    labels = torch.arange(96) % 3
+    heads = LinearHeads({"conv1": nn.Identity(), "conv2": nn.Identity()}, {"conv1": 5, "conv2": 3}, 3)
+    statistics = {layer: feature_statistics(f) for layer, f in features.items()}
+    fix_batchnorm_statistics(heads, features)
+    protocol = ProbeProtocol("test", epochs=3, batch_size=16, lr=0.1, milestones=(2,), gamma=0.1, nesterov=False)
+    lines = []
+    best, history = train_heads(heads, cached_batches(features, labels, 16, torch.device("cpu"), shuffle_seed=0),
+                                cached_batches(features, labels, 32, torch.device("cpu")), protocol, 6,
+                                progress=lines.append, fixed_batchnorm=True)
+    for layer, (mean, var) in statistics.items():  # not moved by the 18 training steps
+        norm = heads.heads[layer][0]
+        assert torch.equal(norm.running_mean, mean) and torch.equal(norm.running_var, var)
+        norm.eval()
+        standardised = (features[layer] - mean) / torch.sqrt(var + norm.eps)
+        torch.testing.assert_close(norm(features[layer]), standardised)
+    assert len(history) == 3 and all(1 <= best[layer]["epoch"] <= 3 for layer in best)
+    assert [line.split()[2] for line in lines] == ["1/3:", "2/3:", "3/3:"]
+    assert all("selection top-1 conv1" in line and "conv2" in line for line in lines)
