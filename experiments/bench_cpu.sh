@@ -10,9 +10,9 @@ records=experiments/records/bench
 results=experiments/results
 mkdir -p "$records"
 
-ssl-bench pipeline --task all --json "$records/pipeline.json" --table "$results/bench_pipeline.md"
+ssl-bench pipeline --task all --steps 64 --rounds 8 --json "$records/pipeline.json" --table "$results/bench_pipeline.md"
 ssl-bench data --json "$records/data.json" --table "$results/bench_data.md"
-ssl-bench probe --json "$records/probe.json" --table "$results/bench_probe.md"
+ssl-bench probe --rounds 2 --json "$records/probe.json" --table "$results/bench_probe.md"
 # DeepCluster reclustering every epoch: the paper's way (a fresh feature pass), then reusing the training
 # steps' features (its first epoch, which has none banked yet, untimed)
 ssl-bench deepcluster --set pretext.reassign_every=1 --epochs 2 \

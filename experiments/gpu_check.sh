@@ -50,7 +50,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 root = Path(sys.argv[1])
-if not (root / "done").is_file():
+done = root.with_name(root.name + ".done")  # beside the folder: a stray file inside would be counted as ignored
+if not done.is_file():
     rng = np.random.default_rng(0)
     for i in range(3000):
         folder = root / f"class{i % 10}"
@@ -62,7 +63,7 @@ if not (root / "done").is_file():
             x, y = rng.integers(0, 300), rng.integers(0, 236)
             draw.ellipse((x, y, x + rng.integers(10, 80), y + rng.integers(10, 80)), fill=tuple(rng.integers(0, 256, 3).tolist()))
         img.save(folder / f"{i:05d}.jpg", quality=90)
-    (root / "done").write_text("3000 synthetic JPEGs, 320x256\n")
+    done.write_text("3000 synthetic JPEGs, 320x256\n")
 EOF
 ssl-bench pipeline --task rotation --arch resnet50 --image-size 224 --batch-size 128 --data "$OUT/jpegs" \
     --device cuda --precision bf16 --steps 60 --rounds 3 \

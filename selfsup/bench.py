@@ -56,6 +56,13 @@ class StepTimes:
         for name, seconds in parts.items():
             self.parts[name] = self.parts.get(name, 0.0) + seconds
 
+    def merge(self, other: StepTimes) -> None:
+        self.count += other.count
+        self.images += other.images
+        self.total += other.total
+        for name, seconds in other.parts.items():
+            self.parts[name] = self.parts.get(name, 0.0) + seconds
+
     @property
     def images_per_s(self) -> float:
         return self.images / max(self.total, 1e-12)
@@ -142,6 +149,7 @@ class PipelineResult:
     end_to_end_img_s: float
     step_only_img_s: float
     efficiency: float
+    efficiency_per_round: list[float]  # the same ratio in each alternating block: its spread is the noise
     end_to_end_ms: dict[str, float]  # per step: loader_wait, to_device, pretext_inputs, rest_of_step
     step_only_ms: float
 
@@ -219,20 +227,25 @@ def measure_pipeline(cfg: PretrainConfig, *, steps: int, rounds: int, warmup: in
     """End-to-end against step-only throughput of ``cfg``'s training, ``steps`` timed steps a side in ``rounds``
     alternating blocks, after ``warmup`` untimed steps of each."""
     end_to_end, step_only = StepTimes(), StepTimes()
+    per_round = []
     with pipeline_session(cfg) as session:
         for _ in range(warmup):
             session.full_step()
             session.kept_step()
         for count in split_rounds(steps, rounds):
+            block_full, block_kept = StepTimes(), StepTimes()
             for _ in range(count):
-                session.full_step(end_to_end)
+                session.full_step(block_full)
             for _ in range(count):
-                session.kept_step(step_only)
+                session.kept_step(block_kept)
+            per_round.append(block_full.images_per_s / block_kept.images_per_s)
+            end_to_end.merge(block_full)
+            step_only.merge(block_kept)
     return PipelineResult(
         task=cfg.task, arch=cfg.model.arch, image_size=cfg.data.image_size, batch_size=cfg.train.batch_size,
         device=str(session.device), workers=session.trainer.workers, precision=cfg.train.precision, steps_per_side=steps,
         end_to_end_img_s=end_to_end.images_per_s, step_only_img_s=step_only.images_per_s,
-        efficiency=end_to_end.images_per_s / step_only.images_per_s,
+        efficiency=end_to_end.images_per_s / step_only.images_per_s, efficiency_per_round=per_round,
         end_to_end_ms=end_to_end.ms_per_step(), step_only_ms=1000 * step_only.total / max(step_only.count, 1),
     )
 

@@ -34,6 +34,7 @@ def test_pipeline_measures_every_task_and_splits_the_end_to_end_step(task, tiny_
     assert result.task == task and result.steps_per_side == 3
     assert result.end_to_end_img_s > 0 and result.step_only_img_s > 0
     assert math.isclose(result.efficiency, result.end_to_end_img_s / result.step_only_img_s)
+    assert len(result.efficiency_per_round) == 2 and all(e > 0 for e in result.efficiency_per_round)
     parts = result.end_to_end_ms
     assert set(parts) == {"loader_wait", "to_device", "pretext_inputs", "rest_of_step"}
     assert all(value >= 0 for value in parts.values())
