@@ -127,9 +127,8 @@ def test_accepted_config_changes_take_effect_and_are_recorded(tiny_folder, tmp_p
     assert state["resumed_with_changes"] == [{"field": "optim.lr", "checkpoint": 0.05, "now": 0.2}]
 
 
-def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(tiny_folder, tmp_path, capsys,
-                                                                                 monkeypatch):
-    out = tmp_path / "run"
+def diverge_at_step_7(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training step 7 gets NaN images, so its loss and gradients are NaN."""
     forward = engine.Trainer.train_step
 
     def nan_loss_at_step_7(self, images, labels):
@@ -138,6 +137,12 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(
         return forward(self, images, labels)
 
     monkeypatch.setattr(engine.Trainer, "train_step", nan_loss_at_step_7)
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(tiny_folder, tmp_path, capsys,
+                                                                                 monkeypatch):
+    out = tmp_path / "run"
+    diverge_at_step_7(monkeypatch)
     assert pretrain_main(run_args("rotation", tiny_folder / "train", out)) == 2
     [err] = error_lines(capsys)
     assert err.startswith("error: training diverged at step 7") and "optim.lr" in err, err
@@ -159,14 +164,7 @@ def test_deferred_host_syncs_train_the_same_weights_and_still_stop_a_diverged_ru
     assert all(torch.equal(a["model"][name], b["model"][name]) for name in a["model"])
     assert [e["loss"] for e in a["history"]] == [e["loss"] for e in b["history"]]
 
-    forward = engine.Trainer.train_step
-
-    def nan_loss_at_step_7(self, images, labels):
-        if self.global_step == 7:
-            images = images * float("nan")
-        return forward(self, images, labels)
-
-    monkeypatch.setattr(engine.Trainer, "train_step", nan_loss_at_step_7)
+    diverge_at_step_7(monkeypatch)
     capsys.readouterr()
     diverged = tmp_path / "diverged"
     assert pretrain_main(run_args("rotation", tiny_folder / "train", diverged)) == 2
