@@ -1,10 +1,14 @@
 """Speed measures of the training pipeline, each the ratio of two sides timed interleaved in one process, so
 that a busy or throttled machine slows both alike.
 
-``pipeline``: end-to-end steps (next batch from the task's loader, to the device, the training step) against
-the same training step on a batch already on the device. ``efficiency = end-to-end img/s / step-only img/s``:
-1.0 when the loader keeps up with the step. The end-to-end steps are split into loader wait, transfer to the
-device, pretext inputs (the task's forward up to its first encoder call) and the rest of the step.
+- :func:`measure_pipeline`: end-to-end steps (next batch from the task's loader, to the device, the training
+  step) against the same training step on a batch already on the device. ``efficiency = end-to-end img/s /
+  step-only img/s``: 1.0 when the loader keeps up with the step. The end-to-end steps are split into loader
+  wait, transfer to the device, pretext inputs (the task's forward up to its first encoder call) and the rest.
+- :func:`measure_threads`: end-to-end img/s per torch thread count, idle and beside spinning processes.
+- :func:`measure_epoch_share`: a task's epoch preparation (DeepCluster's clustering) against its steps.
+- :func:`measure_data_side`: jigsaw's and context's batched input-making against a per-sample PIL reference
+  (:func:`reference_jigsaw`, :func:`reference_context`, written as the original repositories made inputs).
 """
 
 from __future__ import annotations
