@@ -194,3 +194,27 @@ def test_reuse_features_resumes_to_the_same_tensors_and_is_refused_under_torchru
     context.dist = DistInfo(0, 2, 0, torch.device("cpu"))
     with pytest.raises(ConfigError, match="reuse_features = true is invalid with several processes"):
         task.prepare_epoch(context)
+
+
+def test_feature_views_decoded_once_are_served_from_memory_with_the_same_tensors(tiny_folder, monkeypatch):
+    import selfsup.engine as engine
+    from selfsup.data.loading import ViewCache
+
+    task, context = _task_and_context(tiny_folder)
+    context.view_cache = ViewCache(len(context.source), 2**30)
+    decoded = list(context.shard_batches())
+    calls = []
+    monkeypatch.setattr(engine, "eval_loader", lambda *args, **kwargs: calls.append(1) or [])
+    cached = list(context.shard_batches())
+    assert calls == []  # nothing decoded the second time
+    assert torch.equal(torch.cat([b.images for b in cached]), torch.cat([b.images for b in decoded]))
+    assert torch.equal(torch.cat([b.indices for b in cached]), torch.cat([b.indices for b in decoded]))
+    assert torch.equal(torch.cat([b.labels for b in cached]), torch.cat([b.labels for b in decoded]))
+    subset = [3, 7, 20]
+    assert torch.equal(next(iter(context.shard_batches(subset))).indices, torch.tensor(subset))
+
+    small = ViewCache(len(context.source), 100)  # views larger than the cap are not kept
+    context.view_cache = small
+    monkeypatch.undo()
+    list(context.shard_batches())
+    assert small.disabled and small.images is None

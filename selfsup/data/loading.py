@@ -239,6 +239,44 @@ def eval_loader(source: ImageSource, transform, *, batch_size: int, workers: int
     )
 
 
+class ViewCache:
+    """Decoded deterministic views (e.g. centre crops) of a source's images, by source index, kept in memory
+    across passes: a task that passes over the whole source every epoch (DeepCluster's clustering step)
+    decodes each image once. Sized on the first batch it is given; holds nothing when all the views would
+    take more than ``max_bytes``."""
+
+    def __init__(self, num_samples: int, max_bytes: int) -> None:
+        self.num_samples = num_samples
+        self.max_bytes = max_bytes
+        self.images: torch.Tensor | None = None  # N x C x H x W uint8
+        self.labels = torch.full((num_samples,), -1, dtype=torch.long)
+        self.held = torch.zeros(num_samples, dtype=torch.bool)
+        self.disabled = False
+
+    def add(self, batch: Batch) -> None:
+        if self.disabled or batch.images.numel() == 0:
+            return
+        if self.images is None:
+            shape = (self.num_samples, *batch.images.shape[1:])
+            if math.prod(shape) > self.max_bytes:
+                self.disabled = True
+                return
+            self.images = torch.empty(shape, dtype=torch.uint8)
+        self.images[batch.indices] = batch.images
+        self.labels[batch.indices] = batch.labels
+        self.held[batch.indices] = True
+
+    def holds(self, indices: Sequence[int]) -> bool:
+        return self.images is not None and bool(self.held[torch.as_tensor(indices, dtype=torch.long)].all())
+
+    def batches(self, indices: Sequence[int], batch_size: int):
+        """The held views of ``indices`` (all held: see :meth:`holds`) as Batches, in order."""
+        order = torch.as_tensor(indices, dtype=torch.long)
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            yield Batch(images=self.images[index], labels=self.labels[index], indices=index)
+
+
 class BadFileLog:
     """Counts undecodable files across a run and warns once per file."""
 
