@@ -36,7 +36,7 @@ from selfsup.engine import Trainer
 from selfsup.models import build_encoder
 from selfsup.pretext import TASKS, PretextTask, build_task
 from selfsup.pretext.context import config_geometry
-from selfsup.pretraining import build_pretraining, new_trainer
+from selfsup.pretraining import build_pretraining, loader_workers, new_trainer
 
 
 def _sync(device: torch.device) -> None:
@@ -170,7 +170,8 @@ class PipelineSession:
         self.cfg = cfg
         self.device = pick_device(cfg.train.device, option="train.device")
         dist_info = DistInfo(rank=0, world_size=1, local_rank=0, device=self.device)
-        self.trainer = new_trainer(cfg, build_pretraining(cfg), dist_info, scratch, {"config": {}})
+        setup = build_pretraining(cfg, workers=loader_workers(cfg, dist_info))
+        self.trainer = new_trainer(cfg, setup, dist_info, scratch, {"config": {}})
         self.trainer.model.train()
         self.batches = _Batches(self.trainer)
         self.encoder_call = _FirstEncoderCall(self.trainer)

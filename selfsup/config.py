@@ -229,6 +229,12 @@ class DataConfig:
     workers: int = option(-1, "data loading worker processes per training process; -1 = auto (every core but one "
                               "on CUDA, at most 8; one on a CPU of up to 7 cores: see selfsup.data.loading.auto_workers)",
                           min=-1)
+    jpeg_draft: bool = option(True, "decode JPEGs at 1/2, 1/4 or 1/8 scale when every crop keeps its full resolution "
+                                    "there (faster; pixels then differ from a full decode by the resampling only)")
+    decoded_cache_gb: float = option(2.0, "decode the training images once into a memory-mapped uint8 file under "
+                                          "~/.cache/selfsup/decoded (see selfsup.data.decoded), reused by later epochs "
+                                          "and runs, when they take at most this many GB decoded (a folder of images "
+                                          "only; 0 = off)", min=0.0)
     val_fraction: float = option(0.1, "fraction of train held out as val when the data has no val split", min=0.0, max=0.5)
     layout: str = option("auto", "how a folder of images is read: auto, flat (unlabelled images at its top level) "
                                  "or classes (one sub-folder per class)", choices=("auto", "flat", "classes"))

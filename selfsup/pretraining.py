@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from selfsup.config import PretrainConfig, from_dict
+from selfsup.data.decoded import decoded_source
 from selfsup.data.loading import CenterCrop, RandomCrop, auto_workers
 from selfsup.data.sources import ImageSource, Splits, open_splits
 from selfsup.distributed import DistInfo
@@ -28,14 +29,17 @@ class Pretraining:
     in_channels: int
 
 
-def build_pretraining(cfg: PretrainConfig) -> Pretraining:
-    """The task (a freshly initialised encoder: seed torch first) and its training images."""
+def build_pretraining(cfg: PretrainConfig, *, workers: int = 0) -> Pretraining:
+    """The task (a freshly initialised encoder: seed torch first) and its training images, through a decoded
+    cache when ``data.decoded_cache_gb`` asks for one (built by ``workers`` loader workers if absent)."""
     task_cls = TASKS[cfg.task]
     splits = open_splits(cfg.data.data, cfg.data.data_root, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed,
                          layout=cfg.data.layout)
     source = splits.train if getattr(task_cls, "needs_labels", False) else splits.pretrain
     if source is None:
         raise DataError(f"task {cfg.task} needs labelled data, but {cfg.data.data} has no class sub-folders")
+    if cfg.data.decoded_cache_gb > 0:
+        source = decoded_source(source, int(cfg.data.decoded_cache_gb * 1e9), workers=workers)
     task_cfg = task_cls.fit_to_data(from_dict(task_cls.Config, cfg.pretext, prefix="pretext."), len(source))
     in_channels = task_cls.encoder_channels(task_cfg)
     encoder = build_encoder(cfg.model.arch, in_channels=in_channels, width=cfg.model.width)
@@ -58,7 +62,8 @@ def new_trainer(cfg: PretrainConfig, setup: Pretraining, dist_info: DistInfo, ou
     return Trainer(
         setup.task,
         setup.source,
-        RandomCrop(cfg.data.image_size, scale=(cfg.data.crop_scale_min, 1.0), hflip=cfg.data.hflip),
+        RandomCrop(cfg.data.image_size, scale=(cfg.data.crop_scale_min, 1.0), hflip=cfg.data.hflip,
+                   jpeg_draft=cfg.data.jpeg_draft),
         train_cfg=cfg.train,
         optim_cfg=cfg.optim,
         workers=loader_workers(cfg, dist_info),
@@ -66,7 +71,7 @@ def new_trainer(cfg: PretrainConfig, setup: Pretraining, dist_info: DistInfo, ou
         dist_info=dist_info,
         record=record,
         channels_last=dist_info.device.type == "cuda" if cfg.model.channels_last is None else cfg.model.channels_last,
-        feature_view=CenterCrop(cfg.data.image_size),
+        feature_view=CenterCrop(cfg.data.image_size, jpeg_draft=cfg.data.jpeg_draft),
         knn_monitor=knn_monitor,
         trust_checkpoint=trust_checkpoint,
     )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,10 @@ import pytest
 from PIL import Image, ImageDraw
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Decoded caches of the tests' throw-away folders go to a folder of this session, not the user's cache.
+if "SELFSUP_DECODED_DIR" not in os.environ:
+    os.environ["SELFSUP_DECODED_DIR"] = tempfile.mkdtemp(prefix="selfsup-decoded-")
+    atexit.register(shutil.rmtree, os.environ["SELFSUP_DECODED_DIR"], ignore_errors=True)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -165,7 +165,7 @@ def run(cfg: PretrainConfig, *, trust_checkpoint: bool = False) -> dict[str, Any
 
 def _train(cfg: PretrainConfig, dist_info, out_dir: Path, trust_checkpoint: bool) -> dict[str, Any]:
     seed_everything(cfg.train.seed)
-    setup = build_pretraining(cfg)
+    setup = build_pretraining(cfg, workers=loader_workers(cfg, dist_info))
     task, source = setup.task, setup.source
     record = {
         "kind": "pretrain",

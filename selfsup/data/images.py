@@ -8,6 +8,7 @@ way a file can be broken into one exception type, `BadImageError`, so data loade
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -42,8 +43,17 @@ class BadImageError(DataError):
         return type(self), (self.path, self.reason)
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
+# (stored width, stored height) -> the smallest (width, height) the image may be decoded at without losing
+# resolution where it is used; see `load_rgb`.
+DecodeSize = Callable[[int, int], tuple[int, int]]
+
+
+def load_rgb(path: str | os.PathLike, decode_size: DecodeSize | None = None) -> Image.Image:
     """Decode `path` fully and return it as an 8-bit RGB image with EXIF orientation applied.
+
+    `decode_size`: for JPEGs, ask the decoder for the smallest of 1/2, 1/4 or 1/8 scale that is at least
+    ``decode_size(width, height)`` (JPEG draft mode: the DCT scales while decoding, which is both faster and an
+    anti-aliasing filter). Files of other formats, and JPEGs that cannot shrink by half, decode at full size.
 
     Mode handling: palette/greyscale/1-bit are expanded; alpha (including palette or colour-key
     transparency) is composited over `ALPHA_BACKGROUND` (white); CMYK uses the subtractive formula
@@ -59,6 +69,10 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         if os.path.getsize(path_str) == 0:
             raise BadImageError(path_str, "empty file (0 bytes)")
         with Image.open(path_str) as img:
+            if decode_size is not None and img.format == "JPEG":
+                width, height = decode_size(*img.size)
+                if 2 * width <= img.width and 2 * height <= img.height:
+                    img.draft(img.mode, (width, height))
             # Image.open is lazy; decoding here makes truncation surface now, with this path,
             # rather than later inside a transform.
             img.load()

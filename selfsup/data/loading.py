@@ -36,18 +36,35 @@ def _uniform(gen: torch.Generator, low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand((), generator=gen))
 
 
+def _at_least(width: int, height: int, side: float, smallest_region: float) -> tuple[int, int]:
+    """The (width, height) at which a region of ``smallest_region`` pixels still has ``side`` pixels or more."""
+    scale = min(1.0, side / max(smallest_region, 1e-9))
+    return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
+
+
 def _to_uint8_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
 @dataclass(frozen=True)
 class RandomCrop:
-    """Random-resized crop (area ``scale``, aspect ``ratio``) and optional horizontal flip."""
+    """Random-resized crop (area ``scale``, aspect ``ratio``) and optional horizontal flip. ``jpeg_draft``: JPEGs
+    may decode at a reduced scale (see `decode_size`)."""
 
     size: int
     scale: tuple[float, float] = (0.5, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: bool = True
+    jpeg_draft: bool = True
+
+    def decode_size(self, width: int, height: int) -> tuple[int, int]:
+        """The smallest image size at which every crop this may draw still has ``size`` pixels a side (a JPEG
+        decoded smaller gives the same crops, up to resampling: the box is drawn in fractions of the image)."""
+        if not self.jpeg_draft:
+            return width, height
+        narrowest = min(math.sqrt(self.ratio[0]), 1 / math.sqrt(self.ratio[1]))
+        smallest_side = min(math.sqrt(width * height * self.scale[0]) * narrowest, width, height)
+        return _at_least(width, height, self.size, smallest_side)
 
     def __call__(self, img: Image.Image, gen: torch.Generator) -> torch.Tensor:
         width, height = img.size
@@ -72,10 +89,18 @@ class RandomCrop:
 
 @dataclass(frozen=True)
 class CenterCrop:
-    """Deterministic evaluation view: the central ``crop_fraction`` of the short side, resized."""
+    """Deterministic evaluation view: the central ``crop_fraction`` of the short side, resized. ``jpeg_draft``: as
+    for `RandomCrop`."""
 
     size: int
     crop_fraction: float = 1.0
+    jpeg_draft: bool = True
+
+    def decode_size(self, width: int, height: int) -> tuple[int, int]:
+        """The smallest image size at which the crop still has ``size`` pixels a side."""
+        if not self.jpeg_draft:
+            return width, height
+        return _at_least(width, height, self.size, min(width, height) * self.crop_fraction)
 
     def __call__(self, img: Image.Image, gen: torch.Generator | None = None) -> torch.Tensor:
         width, height = img.size
@@ -97,13 +122,15 @@ class TransformedDataset(Dataset):
     """Applies a per-sample transform to a source. Items are ``index`` or ``(index, seed)``.
 
     ``replace_bad=True`` (training) substitutes the next readable image so batch shapes stay
-    fixed across processes; ``False`` (evaluation) drops the file from the batch.
+    fixed across processes; ``False`` (evaluation) drops the file from the batch. JPEGs decode at the
+    smallest size the transform says it needs (its ``decode_size``, when it has one; see `load_rgb`).
     """
 
     def __init__(self, source: ImageSource, transform, *, replace_bad: bool) -> None:
         self.source = source
         self.transform = transform
         self.replace_bad = replace_bad
+        self.decode_size = getattr(transform, "decode_size", None)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -114,7 +141,7 @@ class TransformedDataset(Dataset):
         for attempt in range(len(self.source)):
             current = (index + attempt) % len(self.source)
             try:
-                img = self.source.load(current)
+                img = self.source.load(current, self.decode_size)
             except BadImageError as exc:
                 bad.append(str(exc))
                 if not self.replace_bad:

@@ -28,7 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from selfsup.data.images import IMAGE_EXTENSIONS, load_rgb
+from selfsup.data.images import IMAGE_EXTENSIONS, DecodeSize, load_rgb
 from selfsup.errors import ConfigError, DataError
 
 BUILTIN_DATA = ("demo", "cifar10", "cifar100", "stl10")
@@ -61,8 +61,9 @@ class ImageSource(Protocol):
 
     def __len__(self) -> int: ...
 
-    def load(self, index: int) -> Image.Image:
-        """RGB image; may raise BadImageError."""
+    def load(self, index: int, decode_size: DecodeSize | None = None) -> Image.Image:
+        """RGB image; may raise BadImageError. ``decode_size``: see `load_rgb` (sources that do not decode
+        files ignore it)."""
 
     def label(self, index: int) -> int:
         """Class index, or -1 when unlabelled."""
@@ -110,8 +111,8 @@ class FolderSource:
     def path(self, index: int) -> str:
         return os.fsdecode(self._paths[index])
 
-    def load(self, index: int) -> Image.Image:
-        return load_rgb(self.path(index))
+    def load(self, index: int, decode_size: DecodeSize | None = None) -> Image.Image:
+        return load_rgb(self.path(index), decode_size)
 
     def label(self, index: int) -> int:
         return -1 if self._labels is None else int(self._labels[index])
@@ -140,7 +141,7 @@ class TorchvisionSource:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def load(self, index: int) -> Image.Image:
+    def load(self, index: int, decode_size: DecodeSize | None = None) -> Image.Image:
         image = self.dataset[index][0]
         if isinstance(image, np.ndarray):
             image = Image.fromarray(image)
@@ -169,8 +170,8 @@ class IndexedSource:
     def __len__(self) -> int:
         return len(self.indices)
 
-    def load(self, index: int) -> Image.Image:
-        return self.base.load(int(self.indices[index]))
+    def load(self, index: int, decode_size: DecodeSize | None = None) -> Image.Image:
+        return self.base.load(int(self.indices[index]), decode_size)
 
     def label(self, index: int) -> int:
         return self.base.label(int(self.indices[index]))
