@@ -244,8 +244,9 @@ class DataConfig:
 class ModelConfig:
     arch: str = option("alexnet_small", "encoder architecture (see selfsup.models.ARCHS)")
     width: float | None = option(None, "channel-width multiplier (None = the architecture's default)", gt=0.0)
-    channels_last: bool | None = option(None, "use the channels_last memory format; None = on CUDA only (faster "
-                                               "convolutions with bf16 there; no gain measured on CPUs)")
+    channels_last: bool | None = option(None, "train in the channels_last memory format; None = where measured "
+                                               "faster: on CUDA, and on CPUs for AlexNets (see "
+                                               "selfsup.models.use_channels_last)")
 
 
 @dataclass

@@ -16,7 +16,7 @@ from selfsup.data.sources import ImageSource, Splits, open_splits
 from selfsup.distributed import DistInfo
 from selfsup.engine import Trainer
 from selfsup.errors import DataError
-from selfsup.models import build_encoder
+from selfsup.models import build_encoder, use_channels_last
 from selfsup.pretext import TASKS, PretextTask, build_task
 from selfsup.probes.knn import KnnMonitor
 
@@ -70,7 +70,8 @@ def new_trainer(cfg: PretrainConfig, setup: Pretraining, dist_info: DistInfo, ou
         out_dir=out_dir,
         dist_info=dist_info,
         record=record,
-        channels_last=dist_info.device.type == "cuda" if cfg.model.channels_last is None else cfg.model.channels_last,
+        channels_last=(use_channels_last(setup.task.encoder, dist_info.device, training=True)
+                       if cfg.model.channels_last is None else cfg.model.channels_last),
         feature_view=CenterCrop(cfg.data.image_size, jpeg_draft=cfg.data.jpeg_draft),
         knn_monitor=knn_monitor,
         trust_checkpoint=trust_checkpoint,

@@ -132,3 +132,13 @@ def test_draft_decoding_shrinks_large_jpegs_and_keeps_every_crop(tmp_path):
 def test_draft_decoding_leaves_other_formats_at_full_size(tmp_path):
     Image.open(_smooth_jpeg(tmp_path / "big.jpg")).save(tmp_path / "big.png")
     assert load_rgb(tmp_path / "big.png", RandomCrop(16).decode_size).size == (400, 300)
+
+
+def test_building_the_cache_draws_nothing_from_the_global_generators(tmp_path):
+    (tmp_path / "data").mkdir()
+    source = _folder_with_a_bad_file(tmp_path / "data")
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    decoded_source(source, 10**9, cache_dir=tmp_path / "cache")  # a run that builds it draws what one that finds it does
+    assert torch.equal(torch.rand(3), expected)

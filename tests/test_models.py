@@ -230,3 +230,27 @@ def test_pretrained_loads_imagenet_weights(monkeypatch):
 
     gray = build_encoder("resnet18", in_channels=1, pretrained=True)
     assert torch.allclose(gray.conv1[0].weight, reference.conv1.weight.sum(1, keepdim=True))
+
+
+def test_channels_last_gives_the_same_features_and_probes_pool_them_in_the_same_order():
+    from selfsup.models import use_channels_last
+    from selfsup.probes.pooling import build_pool
+
+    torch.manual_seed(0)
+    for arch in ("alexnet_small", "resnet18_small"):
+        encoder = build_encoder(arch, in_channels=3).eval()
+        images = torch.rand(4, 3, 32, 32)
+        shapes = encoder.feature_shapes(32)
+        with torch.no_grad():
+            plain = encoder.forward_taps(images, encoder.layer_names)
+            pools = {layer: build_pool("auto", layer, shapes[layer])[0] for layer in encoder.layer_names}
+            pooled = {layer: pools[layer](maps) for layer, maps in plain.items()}
+            encoder.to(memory_format=torch.channels_last)
+            fast = encoder.forward_taps(images, encoder.layer_names)
+        for layer in encoder.layer_names:
+            assert fast[layer].is_contiguous(memory_format=torch.channels_last) or fast[layer].shape[-1] == 1
+            torch.testing.assert_close(fast[layer], plain[layer], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(pools[layer](fast[layer]), pooled[layer], rtol=1e-4, atol=1e-5)
+        # inference always; a CPU training step only where the family measured it faster
+        assert use_channels_last(encoder, torch.device("cpu"), training=False)
+        assert use_channels_last(encoder, torch.device("cpu"), training=True) == arch.startswith("alexnet")

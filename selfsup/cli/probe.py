@@ -43,7 +43,7 @@ from selfsup.data.sources import DataError, ImageSource, IndexedSource, open_spl
 from selfsup.distributed import pick_device
 from selfsup.engine import autocast_context
 from selfsup.errors import ConfigError
-from selfsup.models import ARCHS
+from selfsup.models import ARCHS, use_channels_last
 from selfsup.models.base import check_input_size
 from selfsup.outputs import check_output_dir, check_output_file
 from selfsup.probes.bn import (
@@ -277,6 +277,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     layers = probe_layers(frozen, args.freeze)
     check_input_size(frozen.encoder, frozen.image_size, "--image-size")
     frozen.encoder.to(device).eval()
+    if use_channels_last(frozen.encoder, device, training=False):
+        frozen.encoder.to(memory_format=torch.channels_last)
     pools, dims, pooling = probe_pools(frozen, layers, args.pool)
     global_pools, global_dims, global_pooling = probe_pools(frozen, layers, "global") if {"global", "global-knn"} & set(args.also) else ({}, {}, {})
     for pool in (*pools.values(), *global_pools.values()):

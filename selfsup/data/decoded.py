@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -180,13 +181,20 @@ def decoded_source(source: ImageSource, max_bytes: int, *, workers: int = 0, cac
 
 
 def _build(source: ImageSource, pixels_path: Path, index_path: Path, workers: int) -> None:
+    count = len(source)
+    loader = DataLoader(_Decode(source), batch_size=_BUILD_BATCH, num_workers=workers, collate_fn=list)
+    # a loader draws its workers' base seed from torch's global generator: a run that builds the cache must
+    # go on to draw what a run that finds it draws (its encoder's initial weights, for one)
+    with torch.random.fork_rng(devices=[]):
+        _write(loader, count, pixels_path, index_path)
+
+
+def _write(loader: DataLoader, count: int, pixels_path: Path, index_path: Path) -> None:
     suffix = f".tmp-{uuid.uuid4().hex}"
     pixels_tmp, index_tmp = Path(f"{pixels_path}{suffix}"), Path(f"{index_path}{suffix}.npz")
-    count = len(source)
     starts = np.zeros(count, dtype=np.int64)
     shapes = np.zeros((count, 3), dtype=np.int64)
     bad_messages = np.full(count, "", dtype=object)
-    loader = DataLoader(_Decode(source), batch_size=_BUILD_BATCH, num_workers=workers, collate_fn=list)
     try:
         with open(pixels_tmp, "wb") as pixels:
             offset = 0

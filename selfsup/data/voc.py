@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from selfsup.data.images import IMAGE_EXTENSIONS, load_rgb
+from selfsup.data.images import IMAGE_EXTENSIONS, DecodeSize, load_rgb
 from selfsup.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -263,8 +263,8 @@ class VocSplit:
                 return str(candidate)
         return str(jpg)  # absent: load_rgb reports it as a bad image, named
 
-    def load(self, index: int) -> Image.Image:
-        return load_rgb(self.path(index))
+    def load(self, index: int, decode_size: DecodeSize | None = None) -> Image.Image:
+        return load_rgb(self.path(index), decode_size)
 
     def label(self, index: int) -> int:
         return -1  # multi-label: see image_labels

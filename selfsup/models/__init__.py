@@ -11,10 +11,10 @@ from collections.abc import Callable
 from selfsup.errors import ConfigError
 
 from .alexnet import alexnet, alexnet_deepcluster, alexnet_jigsaw, alexnet_small
-from .base import Encoder
+from .base import Encoder, use_channels_last
 from .resnet import resnet18, resnet18_small, resnet50, resnet50_small
 
-__all__ = ["Encoder", "ARCHS", "build_encoder"]
+__all__ = ["Encoder", "ARCHS", "build_encoder", "use_channels_last"]
 
 ARCHS: dict[str, Callable[..., Encoder]] = {
     "alexnet": alexnet,

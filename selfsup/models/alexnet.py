@@ -79,6 +79,9 @@ def _conv_block(
 class AlexNet(Encoder):
     """BatchNorm AlexNet with taps ``conv1`` .. ``conv5`` (post-ReLU, pre-pool)."""
 
+    # its max pools dominate a CPU step in the default layout (see use_channels_last)
+    trains_faster_channels_last_on_cpu = True
+
     def __init__(self, arch: str, geometry: _Geometry, channels: tuple[int, ...], in_channels: int = 3) -> None:
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels}")
