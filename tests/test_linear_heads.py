@@ -3,6 +3,8 @@ kept fixed while the heads train, and one progress line per epoch."""
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -40,3 +42,35 @@ def test_fixed_batchnorm_heads_keep_the_train_statistics_and_standardise_with_th
     assert len(history) == 3 and all(1 <= best[layer]["epoch"] <= 3 for layer in best)
     assert [line.split()[2] for line in lines] == ["1/3:", "2/3:", "3/3:"]
     assert all("selection top-1 conv1" in line and "conv2" in line for line in lines)
+
+
+def test_folded_batchnorm_heads_train_to_the_weights_of_batchnorm_then_linear():
+    torch.manual_seed(0)
+    features = {"conv1": torch.randn(96, 6) * 5 + 20, "conv2": torch.randn(96, 4) * 0.1 - 3}
+    labels = torch.arange(96) % 3
+    heads = LinearHeads({"conv1": nn.Identity(), "conv2": nn.Identity()}, {"conv1": 6, "conv2": 4}, 3)
+    fix_batchnorm_statistics(heads, features)
+    plain = copy.deepcopy(dict(heads.heads))
+    protocol = ProbeProtocol("test", epochs=2, batch_size=16, lr=0.1, milestones=(1,), gamma=0.1, nesterov=True)
+    train_heads(heads, cached_batches(features, labels, 16, torch.device("cpu"), shuffle_seed=0),
+                cached_batches(features, labels, 32, torch.device("cpu")), protocol, 6, fixed_batchnorm=True)
+    # the reference: each head as BatchNorm (eval) then Linear, the same optimiser and batches
+    params = [p for head in plain.values() for p in head.parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [6], gamma=0.1)
+    for head in plain.values():
+        head.eval()
+    batches = cached_batches(features, labels, 16, torch.device("cpu"), shuffle_seed=0)
+    for epoch in range(2):
+        for pooled, target in batches(epoch):
+            loss = sum(torch.nn.functional.cross_entropy(plain[layer](x), target) for layer, x in pooled.items())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+    with torch.no_grad():
+        logits = heads.eval()(features)
+        for layer, head in plain.items():
+            torch.testing.assert_close(heads.heads[layer][1].weight, head[1].weight, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(heads.heads[layer][1].bias, head[1].bias, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(logits[layer], head(features[layer]), rtol=1e-4, atol=1e-4)

@@ -47,7 +47,12 @@ PROTOCOLS = {
 
 
 class LinearHeads(nn.Module):
-    """One pooling + BatchNorm(affine=False) + Linear head per probed layer."""
+    """One pooling + BatchNorm(affine=False) + Linear head per probed layer.
+
+    A BatchNorm in eval mode is a fixed standardisation, so it is folded into its Linear layer for the forward
+    pass: ``W((x - mean) / std) + b = (W / std) x + (b - W mean / std)``, the same function and the same
+    gradients for W and b, without a pass over the batch of features (a head step on cached features of every
+    AlexNet layer takes about half the time)."""
 
     def __init__(self, pools: dict[str, nn.Module], dims: dict[str, int], num_classes: int) -> None:
         super().__init__()
@@ -57,7 +62,16 @@ class LinearHeads(nn.Module):
         )
 
     def forward(self, pooled: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {layer: head(pooled[layer]) for layer, head in self.heads.items()}
+        return {layer: self._head(head, pooled[layer]) for layer, head in self.heads.items()}
+
+    @staticmethod
+    def _head(head: nn.Sequential, features: Tensor) -> Tensor:
+        norm, linear = head
+        if norm.training:
+            return linear(norm(features))
+        scale = torch.rsqrt(norm.running_var + norm.eps)
+        shift = -norm.running_mean * scale
+        return F.linear(features, linear.weight * scale, linear.bias + linear.weight @ shift)
 
 
 @dataclass
