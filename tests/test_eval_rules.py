@@ -205,3 +205,17 @@ def test_finetuning_starts_from_the_statistics_asked_for(bn_stats, context_check
                                           seed=0).encoder)[0][1].running_mean
     assert torch.equal(seen[0], stored) == (bn_stats == "checkpoint")
     assert json.loads(out.read_text())["protocol"]["bn_stats"]["used"] == bn_stats
+
+
+def test_auto_reuses_the_quick_probes_features_of_whole_splits_and_probes_as_if_told(context_checkpoint, tiny_folder,
+                                                                                     tmp_path, monkeypatch):
+    calls = spy_features(monkeypatch)
+    common = ["--checkpoint", str(context_checkpoint), "--data", str(tiny_folder), "--freeze", "conv2", *FAST]
+    assert probe_cli.main([*common, "--out", str(tmp_path / "auto.json")]) == 0
+    auto = json.loads((tmp_path / "auto.json").read_text())
+    # the quick probe: train and val under each statistics (4); then only test is new (the tiny splits are whole)
+    assert len(calls) == 5
+    used = auto["protocol"]["bn_stats"]["used"]
+    assert probe_cli.main([*common, "--bn-stats", used, "--out", str(tmp_path / "told.json")]) == 0
+    told = json.loads((tmp_path / "told.json").read_text())
+    assert auto["layers"] == told["layers"]  # reused features probe exactly as freshly computed ones

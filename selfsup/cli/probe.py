@@ -338,12 +338,17 @@ class ProbeContext:
     global_pools: dict = dataclasses.field(default_factory=dict)  # --also global: layer -> global average pool
     global_dims: dict[str, int] = dataclasses.field(default_factory=dict)  # --also global: layer -> channels
     autocast: Callable[[], ContextManager] = contextlib.nullcontext  # around the encoder's forward passes
+    statistics_in_use: str = "checkpoint"  # which of bn_states the encoder holds now
+    # features already computed, by (source, statistics): --bn-stats auto's quick probe on a whole split computes
+    # what the probe that follows needs (the same encoder, statistics and images give the same features)
+    computed: dict[tuple[int, str], tuple[ImageSource, FeatureSet]] = dataclasses.field(default_factory=dict)
     also_records: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # --also name -> record
 
     def use_bn_stats(self, which: str, train: ImageSource) -> None:
         """Puts the checkpoint's BatchNorm statistics, or those re-estimated on ``train`` (computed once), in
         the frozen encoder."""
         encoder = self.frozen.encoder
+        self.statistics_in_use = which
         if which in self.bn_states:
             load_bn_statistics(encoder, self.bn_states[which])
             return
@@ -375,20 +380,26 @@ class ProbeContext:
         # a tie keeps the checkpoint's statistics: re-estimation must earn its place
         used = "train" if scores["train"] > scores["checkpoint"] else "checkpoint"
         self.use_bn_stats(used, train)
+        self.computed = {key: value for key, value in self.computed.items() if key[1] == used}
         self.bn_record = {"option": option, "used": used,
                           "reason": f"higher best-layer {self.args.selection_split} top-1 of a quick linear probe",
                           f"{self.args.selection_split}_top1": scores, "quick_probe": sizes}
 
-    def features(self, source: ImageSource, split: str, with_global: bool = False) -> FeatureSet:
-        """Pooled features of ``source``; ``with_global`` adds the global pools' as "LAYER global" from the
-        same forward passes."""
+    def features(self, source: ImageSource, split: str, keep: bool = False) -> FeatureSet:
+        """Pooled features of ``source``, with the global pools' (--also global) as "LAYER global" from the same
+        forward passes; ``keep``: remember them for a later call on the same source with the same statistics."""
+        key = (id(source), self.statistics_in_use)
+        if key in self.computed:
+            return self.computed[key][1]
         pools, taps = dict(self.pools), {}
-        if with_global:
-            for layer, pool in self.global_pools.items():
-                pools[f"{layer} global"], taps[f"{layer} global"] = pool, layer
+        for layer, pool in self.global_pools.items():
+            pools[f"{layer} global"], taps[f"{layer} global"] = pool, layer
         loader = eval_loader(source, self.eval_view, batch_size=256, workers=self.args.workers)
-        return extract_features(self.frozen.encoder, self.frozen.input_fn, pools, loader, self.device, split,
-                                self.bad.add, taps, self.autocast)
+        features = extract_features(self.frozen.encoder, self.frozen.input_fn, pools, loader, self.device, split,
+                                    self.bad.add, taps, self.autocast)
+        if keep:
+            self.computed[key] = (source, features)
+        return features
 
     def new_record(self, kind: str, data: str, splits: dict[str, Any], protocol: dict[str, Any],
                    selection_split: str) -> dict[str, Any]:
@@ -441,8 +452,11 @@ def quick_bn_scores(context: ProbeContext, train: ImageSource,
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for which in ("checkpoint", "train"):
             context.use_bn_stats(which, train)
-            fit_set = context.features(quick_train, f"train ({which} BatchNorm statistics)")
-            score_set = context.features(quick_select, f"{args.selection_split} ({which} BatchNorm statistics)")
+            # a whole split's features serve the probe that follows if these statistics are chosen
+            fit_set = context.features(quick_train, f"train ({which} BatchNorm statistics)",
+                                       keep=quick_train is train).renamed({layer: layer for layer in probe.dims})
+            score_set = context.features(quick_select, f"{args.selection_split} ({which} BatchNorm statistics)",
+                                         keep=quick_select is probe.select).renamed({layer: layer for layer in probe.dims})
             heads = LinearHeads(context.pools, probe.dims, probe.num_classes).to(device)
             fix_batchnorm_statistics(heads, fit_set.features)
             best, _ = train_heads(heads, cached_batches(fit_set.features, fit_set.labels, quick.batch_size, device,
@@ -498,7 +512,7 @@ def run_classification(context: ProbeContext, dims: dict[str, int]) -> dict[str,
 
     if not cached:
         return streamed_linear_probe(context, splits, dims, num_classes, protocol, split_info, data)
-    sets = {name: context.features(source, name, with_global=True)
+    sets = {name: context.features(source, name)
             for name, source in (("train", splits.train), ("val", splits.val), ("test", splits.test))}
     global_sets = {name: features.renamed({f"{layer} global": layer for layer in context.global_pools})
                    for name, features in sets.items()}
