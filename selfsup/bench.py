@@ -31,6 +31,8 @@ from PIL import Image
 
 from selfsup.checkpoint import seed_everything
 from selfsup.config import PretrainConfig
+from selfsup.data.decoded import DecodedSource
+from selfsup.data.device_decode import batch_images
 from selfsup.distributed import DistInfo, pick_device
 from selfsup.engine import Trainer
 from selfsup.models import build_encoder
@@ -131,7 +133,7 @@ class _Batches:
 
     def to_device(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.trainer.device
-        images = batch.images.to(device, non_blocking=True).float().div_(255)
+        images = batch_images(batch, device, self.trainer.crop_size).float().div_(255)
         if self.trainer.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         labels = batch.labels.to(device, non_blocking=True)
@@ -148,6 +150,8 @@ class PipelineResult:
     batch_size: int
     device: str
     workers: int
+    decoding: str  # where training images are decoded: see decoding_path
+    channels_last: bool
     precision: str
     steps_per_side: int
     end_to_end_img_s: float
@@ -248,11 +252,20 @@ def measure_pipeline(cfg: PretrainConfig, *, steps: int, rounds: int, warmup: in
             step_only.merge(block_kept)
     return PipelineResult(
         task=cfg.task, arch=cfg.model.arch, image_size=cfg.data.image_size, batch_size=cfg.train.batch_size,
-        device=str(session.device), workers=session.trainer.workers, precision=cfg.train.precision, steps_per_side=steps,
+        device=str(session.device), workers=session.trainer.workers, decoding=decoding_path(session.trainer),
+        channels_last=session.trainer.channels_last, precision=cfg.train.precision, steps_per_side=steps,
         end_to_end_img_s=end_to_end.images_per_s, step_only_img_s=step_only.images_per_s,
         efficiency=end_to_end.images_per_s / step_only.images_per_s, efficiency_per_round=per_round,
         end_to_end_ms=end_to_end.ms_per_step(), step_only_ms=1000 * step_only.total / max(step_only.count, 1),
     )
+
+
+def decoding_path(trainer: Trainer) -> str:
+    """"gpu jpeg" (nvJPEG in the training process), "decoded cache" (pixels read from a memory map in the loader
+    workers) or "workers" (each file decoded by a loader worker)."""
+    if trainer.crop_size is not None:
+        return "gpu jpeg"
+    return "decoded cache" if isinstance(trainer.source, DecodedSource) else "workers"
 
 
 @dataclass

@@ -231,6 +231,8 @@ class DataConfig:
                           min=-1)
     jpeg_draft: bool = option(True, "decode JPEGs at 1/2, 1/4 or 1/8 scale when every crop keeps its full resolution "
                                     "there (faster; pixels then differ from a full decode by the resampling only)")
+    gpu_decode: bool | None = option(None, "decode JPEGs and crop them on the GPU (nvJPEG); None = on CUDA when the "
+                                           "training images are files that no decoded cache holds")
     decoded_cache_gb: float = option(2.0, "decode the training images once into a memory-mapped uint8 file under "
                                           "~/.cache/selfsup/decoded (see selfsup.data.decoded), reused by later epochs "
                                           "and runs, when they take at most this many GB decoded (a folder of images "

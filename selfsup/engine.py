@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from selfsup.checkpoint import atomic_file, atomic_save, load_checkpoint, nonfinite_tensors, rng_state, set_rng_state
 from selfsup.config import FIXED_ON_RESUME, RESUMABLE_CHANGES, OptimConfig, TrainConfig, config_differences
+from selfsup.data.device_decode import batch_images, device_decode_loader
 from selfsup.data.loading import Batch, BadFileLog, EpochBatchSampler, ViewCache, eval_loader, train_loader
 from selfsup.data.sources import ImageSource, IndexedSource
 from selfsup.distributed import DistInfo, all_reduce_sum
@@ -214,9 +215,12 @@ class Trainer:
         feature_view=None,
         knn_monitor: KnnMonitor | None = None,
         trust_checkpoint: bool = False,
+        decode_on_device: bool = False,
     ) -> None:
         """``feature_view``: the deterministic transform of whole-source passes in ``prepare_epoch``;
         ``knn_monitor``: run every ``train_cfg.knn_every`` epochs (None = no monitor);
+        ``decode_on_device``: JPEGs are decoded and cropped on the device (``transform`` is then a RandomCrop and
+        ``source`` a folder of files; see selfsup.data.device_decode);
         ``trust_checkpoint``: a resume may convert an older, pickled checkpoint (see ``load_checkpoint``)."""
         self.trust_checkpoint = trust_checkpoint
         self.optim_cfg = optim_cfg
@@ -239,7 +243,11 @@ class Trainer:
         self.sampler = EpochBatchSampler(
             len(source), train_cfg.batch_size, rank=dist_info.rank, world_size=dist_info.world_size, seed=train_cfg.seed
         )
-        self.loader = train_loader(source, transform, self.sampler, workers=workers, pin_memory=self.device.type == "cuda")
+        pin = self.device.type == "cuda"
+        self.crop_size = transform.size if decode_on_device else None
+        self.loader = (device_decode_loader(source, transform, self.sampler, workers=workers, pin_memory=pin)
+                       if decode_on_device else train_loader(source, transform, self.sampler, workers=workers,
+                                                             pin_memory=pin))
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.total_steps = self.steps_per_epoch * train_cfg.epochs
         self.optimizer = build_optimizer(self.model, optim_cfg)
@@ -561,11 +569,11 @@ class Trainer:
         """The rest of the current epoch's steps, with progress, logs and mid-epoch checkpoints."""
         window_start, window_images = clock(), 0
         for batch in self.loader:
-            self.bad_files.add(batch.bad_files)
-            if len(batch.images) == 0:  # replace_bad found no readable image in the whole source
+            if len(batch.labels) == 0:  # replace_bad found no readable image in the whole source
                 raise DataError(f"no readable image in {self.source.describe()}: every file failed to "
                                 f"decode, e.g. {batch.bad_files[0] if batch.bad_files else 'unknown'}")
-            images = batch.images.to(self.device, non_blocking=True).float().div_(255)
+            images = batch_images(batch, self.device, self.crop_size).float().div_(255)
+            self.bad_files.add(batch.bad_files)  # after decoding: a JPEG the device could not decode is one
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             labels = batch.labels.to(self.device, non_blocking=True)

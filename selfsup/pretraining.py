@@ -11,11 +11,12 @@ from typing import Any
 
 from selfsup.config import PretrainConfig, from_dict
 from selfsup.data.decoded import decoded_source
+from selfsup.data.device_decode import reads_files
 from selfsup.data.loading import CenterCrop, RandomCrop, auto_workers
 from selfsup.data.sources import ImageSource, Splits, open_splits
 from selfsup.distributed import DistInfo
 from selfsup.engine import Trainer
-from selfsup.errors import DataError
+from selfsup.errors import ConfigError, DataError
 from selfsup.models import build_encoder, use_channels_last
 from selfsup.pretext import TASKS, PretextTask, build_task
 from selfsup.probes.knn import KnnMonitor
@@ -75,4 +76,15 @@ def new_trainer(cfg: PretrainConfig, setup: Pretraining, dist_info: DistInfo, ou
         feature_view=CenterCrop(cfg.data.image_size, jpeg_draft=cfg.data.jpeg_draft),
         knn_monitor=knn_monitor,
         trust_checkpoint=trust_checkpoint,
+        decode_on_device=decode_on_device(cfg, setup.source, dist_info.device),
     )
+
+
+def decode_on_device(cfg: PretrainConfig, source: ImageSource, device) -> bool:
+    """``data.gpu_decode``, with None resolved: on CUDA for a folder of files (a decoded cache is faster still)."""
+    if cfg.data.gpu_decode is not None:
+        if cfg.data.gpu_decode and (device.type != "cuda" or not reads_files(source)):
+            raise ConfigError(f"data.gpu_decode = true is invalid here: it needs a CUDA device (train.device is "
+                              f"{device}) and a folder of image files (data is {source.describe()})")
+        return cfg.data.gpu_decode
+    return device.type == "cuda" and reads_files(source)

@@ -167,7 +167,7 @@ def pipeline_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def pipeline_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| task | arch, size, batch | workers | end-to-end img/s | step-only img/s | efficiency (± std over "
+    lines = ["| task | arch, size, batch | workers, decoding | end-to-end img/s | step-only img/s | efficiency (± std over "
              "blocks) | loader wait ms | to device ms | pretext inputs ms | rest of step ms |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -175,7 +175,8 @@ def pipeline_table(rows: list[dict[str, Any]]) -> list[str]:
         blocks = row["efficiency_per_round"]
         spread = statistics.stdev(blocks) if len(blocks) > 1 else float("nan")
         lines.append(
-            f"| {row['task']} | {row['arch']}, {row['image_size']} px, {row['batch_size']} | {row['workers']} | "
+            f"| {row['task']} | {row['arch']}, {row['image_size']} px, {row['batch_size']}"
+            f"{', channels_last' if row.get('channels_last') else ''} | {row['workers']}, {row.get('decoding', 'workers')} | "
             f"{row['end_to_end_img_s']:.1f} | {row['step_only_img_s']:.1f} | {row['efficiency']:.2f} ± {spread:.2f} | "
             f"{ms['loader_wait']:.1f} | {ms['to_device']:.1f} | {ms['pretext_inputs']:.1f} | {ms['rest_of_step']:.1f} |")
     return lines

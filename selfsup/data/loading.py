@@ -13,7 +13,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ from torch.utils.data import DataLoader, Dataset
 from selfsup.data.images import BadImageError
 from selfsup.data.sources import ImageSource
 from selfsup.errors import ConfigError
+
+if TYPE_CHECKING:
+    from selfsup.data.device_decode import EncodedJpegs
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +69,9 @@ class RandomCrop:
         smallest_side = min(math.sqrt(width * height * self.scale[0]) * narrowest, width, height)
         return _at_least(width, height, self.size, smallest_side)
 
-    def __call__(self, img: Image.Image, gen: torch.Generator) -> torch.Tensor:
-        width, height = img.size
+    def draw(self, width: int, height: int, gen: torch.Generator) -> tuple[tuple[float, float, float, float], bool]:
+        """The crop box (left, top, right, bottom) in pixels of a ``width`` x ``height`` image, and whether to
+        flip it; what a crop of that image with ``gen`` uses (a crop made elsewhere, e.g. on a GPU, draws it here)."""
         area = width * height
         box = (0.0, 0.0, float(width), float(height))
         for _ in range(10):
@@ -80,9 +84,13 @@ class RandomCrop:
                 top = _uniform(gen, 0, height - h)
                 box = (left, top, left + w, top + h)
                 break
+        return box, self.hflip and float(torch.rand((), generator=gen)) < 0.5
+
+    def __call__(self, img: Image.Image, gen: torch.Generator) -> torch.Tensor:
+        box, flip = self.draw(*img.size, gen)
         # resize with a box crops and scales in one resampling step (and upscales small images)
         out = img.resize((self.size, self.size), Image.BILINEAR, box=box, reducing_gap=None)
-        if self.hflip and float(torch.rand((), generator=gen)) < 0.5:
+        if flip:
             out = out.transpose(Image.FLIP_LEFT_RIGHT)
         return _to_uint8_tensor(out)
 
@@ -116,6 +124,16 @@ class Batch:
     labels: torch.Tensor  # int64, -1 where unlabelled
     bad_files: list[str] = field(default_factory=list)  # messages of files that could not be decoded
     indices: torch.Tensor | None = None  # int64 source index of each image (a replaced bad file's substitute)
+    # JPEGs left to decode on the device (selfsup.data.device_decode): then ``images`` holds only the rows
+    # ``pixel_rows`` that workers decoded
+    jpegs: EncodedJpegs | None = None
+    pixel_rows: torch.Tensor | None = None
+
+    def pin_memory(self) -> Batch:
+        """Called by a DataLoader with ``pin_memory=True`` (it pins only tensors and containers it knows): page-
+        locked images make the host-to-GPU copy asynchronous."""
+        self.images = self.images.pin_memory()
+        return self
 
 
 class TransformedDataset(Dataset):
