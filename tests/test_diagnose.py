@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from selfsup.cli.diagnose import main as diagnose_main
 from selfsup.cli.pretrain import main as pretrain_main
@@ -123,3 +124,54 @@ def test_a_checkpoint_is_scored_beside_its_solvers(task, checkpoints, tiny_folde
     # the run's seeds: the same images, crops and pretext inputs again, so the same numbers
     again = diagnose(checkpoint=str(checkpoints[task]), data=str(tiny_folder), images=12)
     assert again["seed"] == state["config"]["train"]["seed"] and again["rows"] == record["rows"]
+
+
+@pytest.mark.parametrize("task, names", [
+    ("rotation", ["low-pass (4x4 px, upsampled)", "high-pass (image less its low-pass, over its mean colour)"]),
+    ("jigsaw", ["tile borders masked (1 px)", "colour channels aligned to green"]),
+])
+def test_a_checkpoint_is_scored_again_with_each_cue_ablated_and_the_png_shows_the_inputs(task, names, checkpoints,
+                                                                                          tiny_folder, tmp_path,
+                                                                                          capsys):
+    out, png = tmp_path / "diagnose.json", tmp_path / "ablated.png"
+    assert diagnose_main(["--checkpoint", str(checkpoints[task]), "--data", str(tiny_folder), "--images", "12",
+                          "--threads", "1", "--json", str(out), "--png", str(png)]) == 0
+    record = read_record(out)
+    assert [a["name"] for a in record["ablations"]] == names
+    scored_row = record["rows"][-1]  # the region statistics / standardised tiles: the row the ablations start from
+    for ablation in record["ablations"]:
+        # before: the network on exactly the inputs of its row; after: on the same inputs with the cue destroyed
+        assert ablation["network_before"] == scored_row["network"] and ablation["scored"] == scored_row["scored"]
+        assert 0 <= ablation["network_after"] <= 1
+        assert ablation["network_extra"]["loss_after"] != ablation["network_extra"]["loss_before"]
+    if task == "jigsaw":
+        masked, aligned = record["ablations"]
+        assert masked["solver_before"] == scored_row["value"] and masked["solver_after"] <= 1 / 12 + 1e-6
+        assert aligned["solver"] is None
+    table = capsys.readouterr().out
+    assert "| network before | network after |" in table and all(name in table for name in names)
+    assert table.rstrip().endswith(f"wrote {png}")
+    with Image.open(png) as image:
+        # a row per example (4 of them), a column for the inputs and one per ablation, 134 px a cell
+        assert image.width == 6 + 3 * 134 and image.height > 4 * 134
+    assert record["png"] == str(png)
+
+
+def test_without_a_checkpoint_there_are_no_ablations_but_the_png_shows_them(tiny_folder, tmp_path):
+    png = tmp_path / "counting.png"
+    record = diagnose("counting", data=str(tiny_folder), images=12, png_path=str(png))
+    assert record["ablations"] == []
+    with Image.open(png) as image:  # D x, its tiles, both equalised
+        assert image.width == 6 + 4 * 134
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--task", "colorization", "--png", "x.png"], "--png shows the inputs with each cue ablated; colorization has "
+                                                   "no cue ablations"),
+    (["--task", "rotation", "--png", "x.jpg"], "--png x.jpg is invalid: give a file name ending in .png"),
+])
+def test_png_mistakes_are_one_line(argv, expected, tiny_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert diagnose_main([*argv, "--data", str(tiny_folder)]) == 2
+    assert expected in one_error_line(capsys)
+    assert not list(tmp_path.iterdir())

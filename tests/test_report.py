@@ -298,3 +298,56 @@ def test_a_run_ended_by_its_time_budget_shows_its_partial_epoch_and_why_it_ended
     assert epochs_text(summary) == "1 + 5 steps (ended by max_minutes)"
     assert pretext_progress(summary) == "acc 10.0% (epoch 1) → 20.0%"
     assert epochs_text({"epochs": 4, "ended_by": "epochs", "final": {"epoch": 4}}) == "4"
+
+
+def diagnose_record(task="jigsaw", checkpoint="runs/jigsaw/last.pt"):
+    """An ssl-diagnose record as diagnose() writes it: two solver rows, two ablations (one not applicable)."""
+    def row(cue, value, network):
+        return {"solver": "border matching, no fit", "cue": cue, "metric": "acc", "value": value, "chance": 0.01,
+                "scored": 400, "network": network, "extra": {}, "network_extra": {"loss": 2.0}, "note": ""}
+
+    def ablation(name, before, after):
+        return {"name": name, "cue": "edge continuity", "metric": "acc", "chance": 0.01, "scored": 400,
+                "network_before": before, "network_after": after, "network_extra": {}, "solver": None,
+                "solver_before": None, "solver_after": None, "note": ""}
+
+    return {"kind": "diagnose", "task": task, "checkpoint": checkpoint, "images": 400,
+            "data": {"spec": "demo", "split": "test"}, "encoder": {"arch": "alexnet_small", "width": 1.0},
+            "rows": [row("tile borders (raw)", 0.608, 0.455), row("tile borders (fed)", 0.138, 0.455)],
+            "ablations": [ablation("tile borders masked (2 px)", 0.455, 0.212),
+                          ablation("colour channels aligned to green", None, None)],
+            "command": "ssl-diagnose --checkpoint runs/jigsaw/last.pt", "git_commit": "abc1234", "wall_time_s": 60.0,
+            "machine": {"platform": "linux", "cpu_count": 2, "torch_threads": 1, "torch": "2.x", "device": "cpu"}}
+
+
+def test_diagnose_records_get_their_own_table_beside_the_probe_tables(tmp_path):
+    write(tmp_path, "random.json", linear_record("random", (30.0, 40.0, 41.0)))
+    write(tmp_path, "jigsaw.json", linear_record("jigsaw", (35.0, 50.0, 47.5)))
+    write(tmp_path, "diagnose_jigsaw.json", diagnose_record())
+    records, skipped = load_records([tmp_path])
+    assert len(records) == 3 and not skipped
+    report = build_report(records, title="t", command="c")
+    # the diagnosis is no method row of the probe table
+    assert sum(line.startswith("| jigsaw |") for line in report.splitlines()) == 2
+    assert "## Shortcut diagnostics" in report
+    assert ("| jigsaw | runs/jigsaw/last.pt | 400 | acc 45.5% | tile borders (raw): acc 60.8% | 1.0% | tile borders "
+            "masked (2 px): 45.5% → 21.2%; colour channels aligned to green: not applicable |") in report
+    assert "- diagnose jigsaw: `ssl-diagnose --checkpoint runs/jigsaw/last.pt` — 1.0 min" in report
+
+
+def test_a_report_of_diagnose_records_alone_and_a_diagnosis_without_checkpoint(tmp_path, capsys):
+    record = diagnose_record("counting", checkpoint=None) | {"ablations": []}
+    for row in record["rows"]:
+        row["network"] = None  # no checkpoint, no network
+    write(tmp_path, "diagnose.json", record)
+    out = tmp_path / "report.md"
+    assert report_main([str(tmp_path / "diagnose.json"), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "from 1 ssl-diagnose records" in text
+    assert "| counting | none (demo preset) | 400 | n/a (no checkpoint) | tile borders (raw): acc 60.8% | 1.0% | none |" in text
+    assert "no per-layer records: no chart" in capsys.readouterr().err
+    broken = diagnose_record()
+    del broken["rows"]
+    write(tmp_path, "broken.json", broken)
+    _, skipped = load_records([tmp_path])
+    assert skipped == [(str(tmp_path / "broken.json"), "diagnose record without rows")]

@@ -4,7 +4,8 @@
     ssl-report records/*.json --out results.md --chart results.png --published
 
 Reads the JSON records written by ssl-probe (linear, kNN, SVM, low-shot), ssl-finetune and
-ssl-detect, and ssl-pretrain's summary.json (for the pretraining columns). Nothing is typed by hand:
+ssl-detect, ssl-pretrain's summary.json (for the pretraining columns) and ssl-diagnose's records
+(a table of shortcut diagnostics beside the probe tables). Nothing is typed by hand:
 rebuilding from the same records gives the same table.
 """
 

@@ -3,7 +3,10 @@
 :func:`diagnose` builds the pretext inputs a task's ``forward`` builds (the run's task options, crops and
 seeds) for images held out of pretraining, runs that task's trivial solvers (:mod:`selfsup.diagnose.solvers`)
 on them and, given a checkpoint, scores the trained network on exactly the inputs each solver is scored on.
-A solver near the network says the task can be solved from that low-level cue in these settings.
+A solver near the network says the task can be solved from that low-level cue in these settings. Given a
+checkpoint, the network is also scored on the same inputs with each cue destroyed (the record's
+``ablations``, :mod:`selfsup.diagnose.ablations`), beside the cue's solver before and after: the ablation
+is shown to remove the cue, and a large drop of the network says it relies on it.
 
 The images come from the data's test split: it is the only split no pretraining reads (CIFAR's and a single
 folder's val splits are carved out of what pretraining reads). The fitted solvers fit on the first half of
@@ -14,8 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,10 +28,19 @@ import torch.nn.functional as F
 from threadpoolctl import threadpool_limits
 from torch import Tensor
 
-from selfsup.checkpoint import load_checkpoint
+from selfsup.checkpoint import atomic_file, load_checkpoint
 from selfsup.config import PretrainConfig, from_dict, merge
 from selfsup.data.loading import CenterCrop, RandomCrop, TransformedDataset, collate, sample_seed
 from selfsup.data.sources import ImageSource, IndexedSource, Splits, open_splits, stratified_subset
+from selfsup.diagnose.ablations import (
+    LOW_PASS_FRACTION,
+    align_channels,
+    border_width,
+    equalise_colour_statistics,
+    high_pass,
+    low_pass,
+    mask_borders,
+)
 from selfsup.diagnose.solvers import (
     SolverResult,
     colorization_prior_solvers,
@@ -45,16 +58,23 @@ from selfsup.models import build_encoder
 from selfsup.outputs import check_output_file
 from selfsup.presets import load_preset
 from selfsup.pretext import TASKS, PretextTask, build_task
+from selfsup.pretext.base import Examples
 from selfsup.pretext.clustering import nmi
 from selfsup.pretext.colorization import non_gray, rgb_to_lab
 from selfsup.pretext.counting import NUM_TILES as COUNT_TILES
 from selfsup.pretext.counting import counting_loss
-from selfsup.pretext.jigsaw import make_puzzles
+from selfsup.pretext.jigsaw import layout_tiles, make_puzzles, unshuffle_tiles
 from selfsup.pretext.rotation import NUM_ROTATIONS, rotate_batch
 from selfsup.probes.frozen import check_pretrain_record, task_from_checkpoint
 from selfsup.probes.records import finish_record, write_record
+from selfsup.visualize import render_examples
 
 DIAGNOSED_TASKS = ("rotation", "jigsaw", "context", "counting", "colorization", "deepcluster")
+# Tasks with cue ablations: the cues of colorization (colour priors) and DeepCluster (colour histograms) are
+# not something an input can be cleaned of without removing what the task predicts.
+ABLATED_TASKS = ("rotation", "jigsaw", "context", "counting")
+# Examples shown in the --png grid, one row each.
+PREVIEW_EXAMPLES = 4
 DEFAULT_IMAGES = 400
 # Fitted solvers fit on this share of the images and are scored on the rest (as is the network beside them).
 FIT_FRACTION = 0.5
@@ -187,6 +207,122 @@ def _held_out_images(subject: _Subject, count: int, seed: int, progress: Progres
     return batch.images.float() / 255, batch.labels, described
 
 
+# ----------------------------------------------------------------------------- ablations and previews
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """One cue ablation on a trained network: its ``metric`` on the ``scored`` inputs intact and with the cue
+    destroyed, beside the trivial solver of that cue on the same inputs before and after (None where no
+    solver reads the cue, and where the ablation does not apply: then ``note`` says why)."""
+
+    name: str
+    cue: str
+    metric: str
+    chance: float | None
+    scored: int
+    network_before: float | None
+    network_after: float | None
+    network_extra: dict[str, float] = field(default_factory=dict)  # the losses before and after
+    solver: str | None = None
+    solver_before: float | None = None
+    solver_after: float | None = None
+    note: str = ""
+
+
+def _ablation(name: str, cue: str, before: dict[str, float], after: dict[str, float], scored: int,
+              solver_before: SolverResult | None, solver_after: SolverResult | None, note: str) -> Ablation:
+    # counting's measure is count_acc, every other task's acc; both come with the loss
+    metric = "count_acc" if "count_acc" in before else "acc"
+    return Ablation(name, cue, metric, solver_before.chance if solver_before else None, scored, before[metric],
+                    after[metric], {"loss_before": before["loss"], "loss_after": after["loss"]},
+                    solver_before.name if solver_before else None, solver_before.value if solver_before else None,
+                    solver_after.value if solver_after else None, note)
+
+
+def _not_applicable(name: str, cue: str, note: str) -> Ablation:
+    return Ablation(name, cue, "acc", None, 0, None, None, note=note)
+
+
+@dataclass
+class _Diagnosis:
+    """What one task's diagnosis gives: solver rows, ablations (with a checkpoint) and the preview of its inputs."""
+
+    rows: list[Row]
+    ablations: list[Ablation]
+    preview: Examples | None  # None for the tasks without ablations
+
+
+# An ablation as the task functions list it: its name, the cue it destroys, and the function on the inputs.
+AblationSpec = tuple[str, str, Callable[[Tensor], Tensor]]
+
+
+def _preview(columns: list[tuple[str, Tensor]]) -> Examples:
+    """Examples with a row per example and a column per (caption, N x 3 x H x W panels) entry."""
+    panels = torch.stack([panel for _, panel in columns], dim=1).flatten(0, 1)
+    count = len(columns[0][1])
+    captions = [f"example {i + 1}: {caption}" for i in range(count) for caption, _ in columns]
+    return Examples(panels.float(), captions, per_row=len(columns))
+
+
+def _rotation_preview(images: Tensor, ablations: Sequence[AblationSpec]) -> Examples:
+    shown = images[:PREVIEW_EXAMPLES]
+    return _preview([("original", shown), *((name, ablate(shown)) for name, _, ablate in ablations)])
+
+
+def _jigsaw_preview(task: PretextTask, fed: Tensor, labels: Tensor, size: int,
+                    ablations: Sequence[AblationSpec]) -> Examples:
+    shown, shown_labels = fed[:PREVIEW_EXAMPLES], labels[:PREVIEW_EXAMPLES]
+
+    def laid_out(tiles: Tensor) -> Tensor:
+        # standardised tiles at +-2.5 std around mid-grey (as ssl-inspect shows them), put back in cell order
+        visible = unshuffle_tiles((0.5 + tiles / 5).clamp(0, 1), task.permutations, shown_labels)
+        return torch.stack([layout_tiles(puzzle, size) for puzzle in visible])
+
+    return _preview([("tiles as fed, in cell order", laid_out(shown)),
+                     *((name, laid_out(ablate(shown))) for name, _, ablate in ablations)])
+
+
+def _context_preview(patches: Tensor, ablations: Sequence[AblationSpec]) -> Examples:
+    count = min(PREVIEW_EXAMPLES, len(patches) // 2)
+    centres, neighbours = patches.chunk(2)
+    shown = torch.cat([centres[:count], neighbours[:count]])
+
+    # each patch stretched to [0, 1] by its intact range (as ssl-inspect shows it), its ablations by the same
+    low, high = shown.amin(dim=(1, 2, 3), keepdim=True), shown.amax(dim=(1, 2, 3), keepdim=True)
+
+    def side_by_side(both: Tensor) -> Tensor:
+        # centre left and neighbour right on a square white panel
+        stretched = ((both - low) / (high - low).clamp_min(1e-6)).clamp(0, 1)
+        side = stretched.shape[-1]
+        panel = torch.ones(count, stretched.shape[1], 2 * side + 2, 2 * side + 2)
+        top = (side + 2) // 2
+        first, second = stretched.chunk(2)
+        panel[..., top : top + side, :side] = first
+        panel[..., top : top + side, side + 2 :] = second
+        return panel
+
+    return _preview([("centre | neighbour as fed", side_by_side(shown)),
+                     *((name, side_by_side(ablate(shown))) for name, _, ablate in ablations)])
+
+
+def _counting_preview(views: Tensor, ablated: Tensor, name: str) -> Examples:
+    n = len(views) // (COUNT_TILES + 1)
+    count = min(PREVIEW_EXAMPLES, n)
+
+    def pictures(inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """D x (nearest-upsampled to the tiles' joint size) and the four tiles put back together."""
+        down = F.interpolate(inputs[:count], scale_factor=2, mode="nearest")
+        tiles = inputs[n:].view(COUNT_TILES, n, *inputs.shape[1:])[:, :count]
+        rows = [torch.cat([tiles[2 * r], tiles[2 * r + 1]], dim=-1) for r in range(2)]
+        return down, torch.cat(rows, dim=-2)
+
+    down, tiles = pictures(views)
+    down_after, tiles_after = pictures(ablated)
+    return _preview([("D x", down), ("its 4 tiles", tiles), (f"D x, {name}", down_after),
+                     (f"tiles, {name}", tiles_after)])
+
+
 # ----------------------------------------------------------------------------- networks on the pretext inputs
 
 
@@ -207,93 +343,181 @@ def _chunks(count: int) -> list[slice]:
 # ----------------------------------------------------------------------------- the six tasks
 
 
-def _rotation(task: PretextTask, images: Tensor, trained: bool, seed: int, progress: Progress) -> list[Row]:
+def _rotation_network(task: PretextTask, images: Tensor, split: int) -> dict[str, float]:
+    """Rotation accuracy and loss of the network over the four rotations of ``images[split:]``."""
+    correct, loss = [], []
+    for part in _chunks(len(images) - split):
+        rotated, targets = rotate_batch(task.encoder_input(images[split:][part]))
+        c, l = _classified(task.head(task.encoder(rotated)), targets)
+        # rotation-major: row k * m + i is image i rotated by k; per image, the mean over its rotations
+        correct.append(c.view(NUM_ROTATIONS, -1).mean(dim=0))
+        loss.append(l.view(NUM_ROTATIONS, -1).mean(dim=0))
+    return _mean_scores(torch.cat(correct), torch.cat(loss))
+
+
+def _rotation(task: PretextTask, images: Tensor, trained: bool, seed: int, progress: Progress) -> _Diagnosis:
     n = len(images)
     split = fit_split(n, FIT_FRACTION)
     network = None
     if trained:
         progress("scoring the network on the four rotations of every image")
-        correct, loss = [], []
-        for part in _chunks(n):
-            rotated, targets = rotate_batch(task.encoder_input(images[part]))
-            c, l = _classified(task.head(task.encoder(rotated)), targets)
-            # rotation-major: row k * m + i is image i rotated by k; per image, the mean over its rotations
-            correct.append(c.view(NUM_ROTATIONS, -1).mean(dim=0))
-            loss.append(l.view(NUM_ROTATIONS, -1).mean(dim=0))
-        network = _mean_scores(torch.cat(correct)[split:], torch.cat(loss)[split:])
+        network = _rotation_network(task, images, split)
     progress("solver: logistic regression on 8x8 downsampled pixels")
     pixels = rotation_pixel_solver(images, train_fraction=FIT_FRACTION)
     progress("solver: logistic regression on region colour and edge statistics")
     regions = rotation_region_solver(images, train_fraction=FIT_FRACTION)
-    return [_row(pixels, "logistic regression, fitted on the other half", n - split, network),
+    rows = [_row(pixels, "logistic regression, fitted on the other half", n - split, network),
             _row(regions, "logistic regression, fitted on the other half", n - split, network)]
+    side = max(1, round(LOW_PASS_FRACTION * images.shape[-1]))
+    ablations: tuple[AblationSpec, ...] = (
+        (f"low-pass ({side}x{side} px, upsampled)", "edges and texture", low_pass),
+        ("high-pass (image less its low-pass, over its mean colour)", "layout of light and colour", high_pass),
+    )
+    done = []
+    for name, cue, ablate in ablations if trained else ():
+        progress(f"ablation: {name}")
+        ablated = ablate(images)
+        after = rotation_region_solver(ablated, train_fraction=FIT_FRACTION)
+        done.append(_ablation(name, cue, network, _rotation_network(task, ablated, split), n - split,
+                              regions, after, "network on the four rotations of the scored half"))
+    preview = _rotation_preview(images, ablations)
+    return _Diagnosis(rows, done, preview)
 
 
-def _jigsaw(task: PretextTask, images: Tensor, trained: bool, seed: int, progress: Progress) -> list[Row]:
+def _jigsaw(task: PretextTask, images: Tensor, trained: bool, seed: int, progress: Progress) -> _Diagnosis:
     progress("building puzzles as the task does (its permutation set, gaps, colour jitter, grayscale)")
     raw, labels = make_puzzles(images, task.permutations, task.cfg, torch.Generator().manual_seed(seed))
     fed = task.encoder_input(raw)  # per-tile standardisation: what JigsawTask.puzzles feeds the network
     n = len(images)
+
+    def scored(tiles: Tensor) -> dict[str, float]:
+        out = [_classified(task.logits(tiles[part]), labels[part]) for part in _chunks(n)]
+        return _mean_scores(torch.cat([c for c, _ in out]), torch.cat([l for _, l in out]))
+
     network = None
     if trained:
         progress("scoring the network on the puzzles")
-        scored = [_classified(task.logits(fed[part]), labels[part]) for part in _chunks(n)]
-        network = _mean_scores(torch.cat([c for c, _ in scored]), torch.cat([l for _, l in scored]))
+        network = scored(fed)
     progress("solver: border matching on the raw tiles")
     on_raw = jigsaw_border_solver(raw, labels, task.permutations)
     progress("solver: border matching on the standardised tiles")
     on_fed = jigsaw_border_solver(fed, labels, task.permutations)
-    return [_row(on_raw, "border matching, no fit", n, network,
+    rows = [_row(on_raw, "border matching, no fit", n, network,
                  "raw tiles, before per-tile standardisation (the cue in the image)"),
             _row(on_fed, "border matching, no fit", n, network,
                  "standardised tiles, as the network is fed them (the cue left after the guard)")]
+    width = border_width(fed.shape[-1])
+    ablations: tuple[AblationSpec, ...] = (
+        (f"tile borders masked ({width} px)", "edge continuity", lambda tiles: mask_borders(tiles, width)),
+        ("colour channels aligned to green", "chromatic aberration (and the task's channel jitter)",
+         align_channels),
+    )
+    done = []
+    for name, cue, ablate in ablations if trained else ():
+        progress(f"ablation: {name}")
+        ablated = ablate(fed)
+        # only the borders have a jigsaw solver; it reads the tiles as fed
+        solver = None if ablate is align_channels else jigsaw_border_solver(ablated, labels, task.permutations)
+        done.append(_ablation(name, cue, network, scored(ablated), n, on_fed if solver else None, solver,
+                              "standardised tiles, as fed"))
+    preview = _jigsaw_preview(task, fed, labels, images.shape[-1], ablations)
+    return _Diagnosis(rows, done, preview)
 
 
-def _context(task: PretextTask, images: Tensor, trained: bool, seed: int, progress: Progress) -> list[Row]:
+def _context(task: PretextTask, images: Tensor, trained: bool, seed: int, progress: Progress) -> _Diagnosis:
     progress("building patch pairs as the task does (gap, jitter, resampling, colour guard, normalisation)")
     patches, pairs = task.make_pairs(images, torch.Generator().manual_seed(seed))
     centres, neighbours = patches.chunk(2)
     labels = pairs.labels
     n = len(images)
     split = fit_split(n, FIT_FRACTION)
+
+    def scored(both: Tensor) -> tuple[dict[str, float], dict[str, float]]:
+        """The network's measures on every pair and on the scored half."""
+        first, second = both.chunk(2)
+        out = [_classified(task.classify(torch.cat([first[part], second[part]])), labels[part]) for part in _chunks(n)]
+        correct, loss = torch.cat([c for c, _ in out]), torch.cat([l for _, l in out])
+        return _mean_scores(correct, loss), _mean_scores(correct[split:], loss[split:])
+
     on_all = on_scored = None
     if trained:
         progress("scoring the network on the pairs")
-        scored = [_classified(task.classify(torch.cat([centres[part], neighbours[part]])), labels[part])
-                  for part in _chunks(n)]
-        correct, loss = torch.cat([c for c, _ in scored]), torch.cat([l for _, l in scored])
-        on_all, on_scored = _mean_scores(correct, loss), _mean_scores(correct[split:], loss[split:])
+        on_all, on_scored = scored(patches)
     progress("solver: border matching between the two patches")
     borders = context_border_solver(centres, neighbours, labels)
     progress("solver: logistic regression on colour-channel shifts")
     aberration = context_aberration_solver(centres, neighbours, labels, train_fraction=FIT_FRACTION)
     guard = f"colour_mode {task.cfg.color_mode}"
-    return [_row(borders, "border matching, no fit", n, on_all, "patches as fed"),
+    rows = [_row(borders, "border matching, no fit", n, on_all, "patches as fed"),
             _row(aberration, "logistic regression, fitted on the other half", n - split, on_scored,
                  f"patches as fed ({guard})")]
+    width = border_width(patches.shape[-1])
+
+    def masked(both: Tensor) -> Tensor:
+        # the pair is one example: one fill colour for both patches' borders
+        return mask_borders(torch.stack(both.chunk(2), dim=1), width).transpose(0, 1).flatten(0, 1)
+
+    ablations: list[AblationSpec] = [
+        (f"patch borders masked ({width} px)", "edge continuity", masked)]
+    # Colour dropping keeps one channel and replaces the others by noise: there is no aberration to align.
+    if task.cfg.color_mode != "drop":
+        ablations.append(("colour channels aligned to green", "chromatic aberration", align_channels))
+    done = []
+    for name, cue, ablate in ablations if trained else ():
+        progress(f"ablation: {name}")
+        ablated = ablate(patches)
+        first, second = ablated.chunk(2)
+        if ablate is masked:
+            after = context_border_solver(first, second, labels)
+            done.append(_ablation(name, cue, on_all, scored(ablated)[0], n, borders, after, "patches as fed"))
+        else:
+            after = context_aberration_solver(first, second, labels, train_fraction=FIT_FRACTION)
+            done.append(_ablation(name, cue, on_scored, scored(ablated)[1], n - split, aberration, after,
+                                  f"patches as fed ({guard})"))
+    if trained and task.cfg.color_mode == "drop":
+        done.append(_not_applicable("colour channels aligned to green", "chromatic aberration",
+                                    "not applicable: colour_mode drop keeps one channel per patch (the others are "
+                                    "noise), so no aberration is left to align"))
+    preview = _context_preview(patches, ablations)
+    return _Diagnosis(rows, done, preview)
 
 
-def _counting(task: PretextTask, images: Tensor, trained: bool, seed: int, progress: Progress) -> list[Row]:
+def _counting(task: PretextTask, images: Tensor, trained: bool, seed: int, progress: Progress) -> _Diagnosis:
     progress("building D x and the 2x2 tiles as the task does (colour jitter, grayscale, random filters)")
     views = task.make_inputs(images, torch.Generator().manual_seed(seed)).images
     n = len(images)
     split = fit_split(n, FIT_FRACTION)
-    network = None
-    if trained:
-        progress("scoring the network's counting vectors")
-        phi = torch.cat([task.counting_features(views[part]) for part in _chunks(len(views))])
+
+    def scored(inputs: Tensor) -> dict[str, float]:
+        phi = torch.cat([task.counting_features(inputs[part]) for part in _chunks(len(inputs))])
         down = phi[:n][split:]
         tiles_sum = phi[n:].view(COUNT_TILES, n, -1).sum(dim=0)[split:]
         # the contrastive image is the previous scored one, as for the solver
         out = counting_loss(down, tiles_sum, down.roll(1, dims=0), task.cfg.margin)
-        network = {key: float(out[key]) for key in ("count_acc", "loss", "loss_count", "loss_contrast")}
+        return {key: float(out[key]) for key in ("count_acc", "loss", "loss_count", "loss_contrast")}
+
+    network = None
+    if trained:
+        progress("scoring the network's counting vectors")
+        network = scored(views)
     progress("solver: colour averages with a fitted scale")
     colours = counting_colour_solver(views, task.cfg.margin, train_fraction=FIT_FRACTION)
-    return [_row(colours, "closed-form scale, fitted on the other half", n - split, network,
+    rows = [_row(colours, "closed-form scale, fitted on the other half", n - split, network,
                  f"collapse loss {task.cfg.margin:g}")]
+    name, cue = "colour statistics equalised across views", "global colour statistics"
+    # every view's statistics become those of all the views: computed once, for the network and the preview
+    ablated = equalise_colour_statistics(views)
+    done = []
+    if trained:
+        progress(f"ablation: {name}")
+        after = counting_colour_solver(ablated, task.cfg.margin, train_fraction=FIT_FRACTION)
+        done.append(_ablation(name, cue, network, scored(ablated), n - split, colours, after,
+                              "every view's per-channel mean and std set to the batch's"))
+    preview = _counting_preview(views, ablated, name)
+    return _Diagnosis(rows, done, preview)
 
 
-def _colorization(task: PretextTask, images: Tensor, trained: bool, seed: int, progress: Progress) -> list[Row]:
+def _colorization(task: PretextTask, images: Tensor, trained: bool, seed: int, progress: Progress) -> _Diagnosis:
     n = len(images)
     split = fit_split(n, FIT_FRACTION)
     network = None
@@ -317,12 +541,14 @@ def _colorization(task: PretextTask, images: Tensor, trained: bool, seed: int, p
     progress("solvers: the global ab prior and the per-image mean ab")
     prior, image_mean = colorization_prior_solvers(images, task.cfg, FIT_FRACTION, weights)
     weights_note = "the checkpoint's rebalancing weights" if trained else "rebalancing weights counted on the other half"
-    return [_row(prior, "constant distribution, fitted on the other half", n - split, network, weights_note),
-            _row(image_mean, "oracle: each image's own mean colour", n - split, network, weights_note)]
+    # no ablation: colour priors are what the task predicts, not a cue in its input
+    return _Diagnosis([_row(prior, "constant distribution, fitted on the other half", n - split, network, weights_note),
+                       _row(image_mean, "oracle: each image's own mean colour", n - split, network, weights_note)],
+                      [], None)
 
 
 def _deepcluster(task: PretextTask, images: Tensor, labels: Tensor, trained: bool, seed: int,
-                 progress: Progress) -> list[Row]:
+                 progress: Progress) -> _Diagnosis:
     rows = []
     predicted = None
     if trained:
@@ -344,7 +570,7 @@ def _deepcluster(task: PretextTask, images: Tensor, labels: Tensor, trained: boo
     if not rows:
         raise DataError("the deepcluster diagnosis compares colour clusters with labels or with a checkpoint's "
                         "clusters: give labelled data or --checkpoint")
-    return rows
+    return _Diagnosis(rows, [], None)
 
 
 # ----------------------------------------------------------------------------- the diagnosis
@@ -352,14 +578,16 @@ def _deepcluster(task: PretextTask, images: Tensor, labels: Tensor, trained: boo
 
 def diagnose(task_name: str | None = None, *, checkpoint: str | None = None, data: str | None = None,
              data_root: str | None = None, layout: str | None = None, images: int = DEFAULT_IMAGES,
-             seed: int | None = None, json_path: str | None = None, trust_checkpoint: bool = False,
-             progress: Progress = _silent) -> dict[str, Any]:
+             seed: int | None = None, json_path: str | None = None, png_path: str | None = None,
+             trust_checkpoint: bool = False, progress: Progress = _silent) -> dict[str, Any]:
     """The diagnosis record of ``task_name`` (or of ``checkpoint``'s task), written to ``json_path`` when given.
 
     Without ``checkpoint`` the task is the one ``ssl-pretrain --task NAME`` starts (the demo preset) and only
-    the solvers are scored; with it, the checkpoint's task options, crops and weights, and its network beside
-    every solver. ``data`` defaults to the run's; ``seed`` (default the run's ``train.seed``) draws the images,
-    their crops and the task's random inputs. ``progress`` is told each stage, one line at a time.
+    the solvers are scored; with it, the checkpoint's task options, crops and weights, its network beside
+    every solver, and the network again on the inputs with each cue ablated (:mod:`selfsup.diagnose.ablations`;
+    the record's ``ablations``). ``png_path`` gets a grid of a few examples' inputs, intact and ablated.
+    ``data`` defaults to the run's; ``seed`` (default the run's ``train.seed``) draws the images, their crops
+    and the task's random inputs. ``progress`` is told each stage, one line at a time.
     """
     started = time.perf_counter()
     if task_name is not None and task_name not in DIAGNOSED_TASKS:
@@ -371,21 +599,29 @@ def diagnose(task_name: str | None = None, *, checkpoint: str | None = None, dat
         raise ConfigError(f"--images {images} is invalid: must be at least {MIN_IMAGES}")
     if json_path is not None:
         check_output_file(json_path, "--json")
+    if png_path is not None:
+        if Path(png_path).suffix.lower() != ".png":
+            raise ConfigError(f"--png {png_path} is invalid: give a file name ending in .png")
+        check_output_file(png_path, "--png")
+    if task_name is not None and png_path is not None:
+        _check_png_task(task_name)
     if checkpoint is not None:
         subject = _checkpoint_subject(checkpoint, task_name, data, data_root, layout, trust_checkpoint, progress)
     else:
         subject = _preset_subject(str(task_name), data, data_root, layout, progress)
-    seed = subject.cfg.train.seed if seed is None else seed
     task = subject.task.eval()
+    if png_path is not None:
+        _check_png_task(task.name)
+    seed = subject.cfg.train.seed if seed is None else seed
     pixels, labels, described = _held_out_images(subject, images, seed, progress)
     # scikit-learn's BLAS and OpenMP pools take every core whatever torch was told (--threads): hold them to it.
     with torch.no_grad(), threadpool_limits(torch.get_num_threads()):
         if task.name == "deepcluster":
-            rows = _deepcluster(task, pixels, labels, subject.trained, seed, progress)
+            found = _deepcluster(task, pixels, labels, subject.trained, seed, progress)
         else:
             solve = {"rotation": _rotation, "jigsaw": _jigsaw, "context": _context, "counting": _counting,
                      "colorization": _colorization}[task.name]
-            rows = solve(task, pixels, subject.trained, seed, progress)
+            found = solve(task, pixels, subject.trained, seed, progress)
     record = {
         "kind": "diagnose",
         "task": task.name,
@@ -397,9 +633,21 @@ def diagnose(task_name: str | None = None, *, checkpoint: str | None = None, dat
         "images": len(pixels),
         "seed": seed,
         "fit_fraction": FIT_FRACTION,
-        "rows": [dataclasses.asdict(row) for row in rows],
+        "rows": [dataclasses.asdict(row) for row in found.rows],
+        "ablations": [dataclasses.asdict(ablation) for ablation in found.ablations],
     }
+    if png_path is not None and found.preview is not None:
+        title = f"ssl-diagnose {task.name}: inputs intact and with each cue ablated"
+        with atomic_file(png_path) as handle:
+            render_examples(found.preview, title).save(handle, format="PNG")
+        record["png"] = png_path
     finish_record(record, started=started, device=torch.device("cpu"))
     if json_path is not None:
         write_record(record, json_path)
     return record
+
+
+def _check_png_task(name: str) -> None:
+    if name not in ABLATED_TASKS:
+        raise ConfigError(f"--png shows the inputs with each cue ablated; {name} has no cue ablations (they exist for "
+                          f"{', '.join(ABLATED_TASKS)})")

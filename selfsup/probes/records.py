@@ -42,6 +42,8 @@ REQUIRED_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "evaluation": {"method": str, "checkpoint": str, "encoder": dict, "protocol": dict, "layers": dict},
     "pretrain": {"checkpoint": str, "command": str, "epochs": int, "steps": int,
                  "wall_time_s": (int, float), "images_per_s": (int, float)},
+    # ssl-diagnose's records: shown beside the probe tables, never mixed into them
+    "diagnose": {"task": str, "rows": list, "data": dict},
 }
 
 
@@ -155,21 +157,21 @@ def write_record(record: dict[str, Any], path: str | Path) -> Path:
 
 
 def record_problem(obj: Any) -> str | None:
-    """Why a parsed JSON file cannot be used as an evaluation record or an ssl-pretrain summary (kind
-    "pretrain", which reports join to its checkpoint); None when it can."""
+    """Why a parsed JSON file cannot be used as an evaluation record, an ssl-pretrain summary (kind
+    "pretrain", which reports join to its checkpoint) or an ssl-diagnose record; None when it can."""
     if not isinstance(obj, dict):
         return f"not a JSON object (a {type(obj).__name__})"
     kind = obj.get("kind")
-    if kind != "pretrain" and kind not in EVALUATION_KINDS:
+    if kind not in ("pretrain", "diagnose") and kind not in EVALUATION_KINDS:
         return "not a record (no kind field)" if kind is None else f"not a record (unknown kind {kind!r})"
-    required = REQUIRED_FIELDS["pretrain" if kind == "pretrain" else "evaluation"]
+    required = REQUIRED_FIELDS[kind if kind in ("pretrain", "diagnose") else "evaluation"]
     missing = [name for name in required if name not in obj]
     if missing:
         return f"{kind} record without {', '.join(missing)}"
     wrong = [name for name, types in required.items() if not isinstance(obj[name], types)]
     if wrong:
         return f"{kind} record with {', '.join(wrong)} of the wrong type"
-    if kind != "pretrain" and not isinstance(obj["encoder"].get("arch"), str):
+    if kind in EVALUATION_KINDS and not isinstance(obj["encoder"].get("arch"), str):
         return f"{kind} record without encoder.arch"
     return None
 
