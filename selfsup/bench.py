@@ -32,7 +32,7 @@ from PIL import Image
 from selfsup.checkpoint import seed_everything
 from selfsup.config import PretrainConfig
 from selfsup.data.decoded import DecodedSource
-from selfsup.data.device_decode import batch_images
+from selfsup.data.images import unit_float
 from selfsup.distributed import DistInfo, pick_device
 from selfsup.engine import Trainer
 from selfsup.models import build_encoder
@@ -132,14 +132,7 @@ class _Batches:
             return next(self.iterator)
 
     def to_device(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        device = self.trainer.device
-        images = batch_images(batch, device, self.trainer.crop_size).float().div_(255)
-        if self.trainer.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        labels = batch.labels.to(device, non_blocking=True)
-        if self.relabel is not None:
-            labels = self.relabel(batch.indices.to(device, non_blocking=True), labels)
-        return images, labels
+        return self.trainer.batch_inputs(batch, self.relabel)
 
 
 @dataclass
@@ -470,7 +463,10 @@ def measure_data_side(task_name: str, scale: str, image_size: int, options: dict
     batched = reference_total = 0.0
     for r in range(rounds + 1):  # round 0 warms both up
         started = time.perf_counter()
-        images = crops.to(device, non_blocking=True).float() / 255  # the step's transfer and conversion
+        # the step's transfer and, unless the task converts only what it cuts, its conversion
+        images = crops.to(device, non_blocking=True)
+        if not task.takes_uint8:
+            images = unit_float(images)
         batched_seconds = time.perf_counter() - started + time_pretext_inputs(task, images, seed + r)
         started = time.perf_counter()
         for crop in pil_crops:

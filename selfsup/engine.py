@@ -41,6 +41,7 @@ from tqdm import tqdm
 from selfsup.checkpoint import atomic_file, atomic_save, load_checkpoint, nonfinite_tensors, rng_state, set_rng_state
 from selfsup.config import FIXED_ON_RESUME, RESUMABLE_CHANGES, OptimConfig, TrainConfig, config_differences
 from selfsup.data.device_decode import batch_images, device_decode_loader
+from selfsup.data.images import unit_float
 from selfsup.data.loading import Batch, BadFileLog, EpochBatchSampler, ViewCache, eval_loader, train_loader
 from selfsup.data.sources import ImageSource, IndexedSource
 from selfsup.distributed import DistInfo, all_reduce_sum
@@ -474,6 +475,19 @@ class Trainer:
         for param in params:
             self.optimizer.state.pop(param, None)
 
+    def batch_inputs(self, batch: Batch, relabel: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A loader's batch on the device as the task takes it (uint8 where it ``takes_uint8``, else float in
+        [0, 1]; channels_last when the model is), and its labels (through ``relabel``, the task's batch_labels)."""
+        images = batch_images(batch, self.device, self.crop_size)
+        if not self.model.takes_uint8:
+            if self.channels_last:  # laid out while still one byte a value
+                images = images.contiguous(memory_format=torch.channels_last)
+            images = unit_float(images)
+        labels = batch.labels.to(self.device, non_blocking=True)
+        if relabel is not None:
+            labels = relabel(batch.indices.to(self.device, non_blocking=True), labels)
+        return images, labels
+
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """One optimiser step on a batch already on the device; the detached outputs of the task."""
         gen = step_generator(self.cfg.seed, self.global_step, self.dist.rank, self.device)
@@ -572,15 +586,10 @@ class Trainer:
             if len(batch.labels) == 0:  # replace_bad found no readable image in the whole source
                 raise DataError(f"no readable image in {self.source.describe()}: every file failed to "
                                 f"decode, e.g. {batch.bad_files[0] if batch.bad_files else 'unknown'}")
-            images = batch_images(batch, self.device, self.crop_size).float().div_(255)
+            images, labels = self.batch_inputs(batch, relabel)
             self.bad_files.add(batch.bad_files)  # after decoding: a JPEG the device could not decode is one
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            labels = batch.labels.to(self.device, non_blocking=True)
-            if relabel is not None:
-                labels = relabel(batch.indices.to(self.device, non_blocking=True), labels)
             if self.step_in_epoch == 0:
-                self._log_images(images)
+                self._log_images(unit_float(images))
             outputs = self.train_step(images, labels)
             count = images.shape[0] * self.dist.world_size
             self.meter.add(outputs, images.shape[0])

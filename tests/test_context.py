@@ -217,6 +217,16 @@ def test_forward_gives_finite_loss_and_accuracy_and_learns_a_fixed_batch():
     assert losses[-1] < 0.5 * losses[0]
 
 
+def test_pairs_of_uint8_crops_equal_those_of_the_crops_in_unit_floats():
+    task = build_task("context", build_encoder("alexnet_small", in_channels=3, width=0.25), {})
+    crops = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    from_uint8, pairs = task.make_pairs(crops, torch.Generator().manual_seed(5))
+    from_float, float_pairs = task.make_pairs(crops.float() / 255, torch.Generator().manual_seed(5))
+    assert torch.equal(pairs.labels, float_pairs.labels) and torch.equal(pairs.centre, float_pairs.centre)
+    torch.testing.assert_close(from_uint8, from_float, rtol=0, atol=1e-5)
+    assert task.takes_uint8
+
+
 def test_example_images_show_crops_with_boxes_and_the_fed_pairs():
     task = build_task("context", build_encoder("alexnet_small", width=0.25), {"fc6_dim": 16, "fc7_dim": 16}).eval()
     with torch.no_grad():

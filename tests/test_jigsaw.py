@@ -201,6 +201,18 @@ def test_puzzles_cut_into_place_equal_grayscale_then_cut_then_shuffle(size, by_m
     assert 0 < int(grayscale.sum()) < 6  # both kinds of image are compared
 
 
+@pytest.mark.parametrize("by_mask", [False, True])
+def test_puzzles_of_uint8_crops_equal_those_of_the_crops_in_unit_floats(by_mask):
+    cfg = JigsawConfig(num_permutations=10, grayscale_prob=0.5, color_jitter=0.05)
+    perms = torch.from_numpy(hamming_permutations(10, 0))
+    crops = torch.randint(0, 256, (6, 3, 64, 64), dtype=torch.uint8)
+    from_uint8, labels = make_puzzles(crops, perms, cfg, torch.Generator().manual_seed(3), by_mask=by_mask)
+    from_float, float_labels = make_puzzles(crops.float() / 255, perms, cfg, torch.Generator().manual_seed(3),
+                                            by_mask=by_mask)
+    assert from_uint8.dtype == torch.float32 and torch.equal(labels, float_labels)
+    torch.testing.assert_close(from_uint8, from_float, rtol=0, atol=1e-6)
+
+
 def test_about_thirty_percent_of_images_are_turned_grayscale():
     images = torch.rand(1500, 3, 27, 27)
     perms = torch.from_numpy(hamming_permutations(10, 0))

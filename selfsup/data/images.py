@@ -123,3 +123,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def unit_float(images: "torch.Tensor") -> "torch.Tensor":
+    """uint8 pixels (0..255) as float32 in [0, 1], in one pass (the same values as ``x.float() / 255``); float
+    input is returned as it is."""
+    import torch
+
+    return torch.div(images, 255) if images.dtype == torch.uint8 else images

@@ -37,7 +37,8 @@ class Examples:
 class PretextTask(nn.Module):
     """A pretext task owns its heads and turns a batch of plain images into a loss.
 
-    ``forward(images, labels, generator)`` receives float RGB in [0, 1] on the training device
+    ``forward(images, labels, generator)`` receives float RGB in [0, 1] on the training device (or uint8
+    RGB where the task ``takes_uint8``)
     (labels are -1 where unknown; most tasks ignore them) and returns a dict with ``loss`` and
     detached scalar metrics; ``metric`` names the one shown as the task's accuracy.
     """
@@ -46,6 +47,9 @@ class PretextTask(nn.Module):
     Config: ClassVar[type]
     metric: ClassVar[str] = "acc"
     input_channels: ClassVar[int] = 3
+    # forward also takes the uint8 batch (0..255) and converts only the pixels it uses: tasks that cut small
+    # pieces from large crops then skip converting whole crops (the trainer hands them uint8)
+    takes_uint8: ClassVar[bool] = False
 
     @classmethod
     def encoder_channels(cls, cfg) -> int:

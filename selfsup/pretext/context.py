@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.config import ConfigError, option
+from selfsup.data.images import unit_float
 from selfsup.models import Encoder
 from selfsup.pretext.base import Examples, PretextTask, accuracy, normalize_rgb
 
@@ -254,6 +255,7 @@ def normalize_per_patch(patches: Tensor) -> Tensor:
 class ContextTask(PretextTask):
     name = "context"
     Config = ContextConfig
+    takes_uint8 = True  # two patches are a few percent of a crop's pixels: convert only those
 
     @classmethod
     def check_image_size(cls, cfg: ContextConfig, image_size: int) -> None:
@@ -319,12 +321,13 @@ class ContextTask(PretextTask):
         return patches
 
     def make_pairs(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, PatchPairs]:
-        """Both patches of every crop, prepared, stacked as ``[centres; neighbours]`` (2N x 3 x P x P)."""
+        """Both patches of every crop, prepared, stacked as ``[centres; neighbours]`` (2N x 3 x P x P); float
+        crops in [0, 1] or uint8 ones (then only the patches' pixels are converted)."""
         geometry = config_geometry(self.cfg, images.shape[-1])
         pairs = sample_pair_positions(images.shape[0], geometry, generator, images.device)
         stacked = torch.cat([crop_patches(images, pairs.centre, geometry.patch),
                              crop_patches(images, pairs.neighbour, geometry.patch)])
-        return self.prepare_patches(stacked, generator), pairs
+        return self.prepare_patches(unit_float(stacked), generator), pairs
 
     def classify(self, patches: Tensor) -> Tensor:
         """Logits over the 8 positions for ``[centres; neighbours]``: shared trunk and fc6, fc7 on the pair."""

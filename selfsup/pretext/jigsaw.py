@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from selfsup.checkpoint import atomic_file
 from selfsup.config import ConfigError, option
+from selfsup.data.images import unit_float
 from selfsup.models import Encoder
 from selfsup.pretext.base import Examples, PretextTask, accuracy
 
@@ -246,20 +247,26 @@ def unshuffle_tiles(shuffled: Tensor, permutations: Tensor, labels: Tensor) -> T
 
 def gather_luma_tiles(images: Tensor, origins: Tensor, tile: int) -> Tensor:
     """What :func:`gather_tiles` gives for the images turned grayscale (luma in all three channels) first:
-    every channel's window is the luma of the three colour channels at that channel's origin."""
+    every channel's window is the luma of the three colour channels at that channel's origin. uint8 images
+    give float tiles in [0, 1]."""
     n, channels = images.shape[:2]
     windows = images.unfold(2, tile, 1).unfold(3, tile, 1)
     batch = torch.arange(n, device=images.device).view(n, 1, 1, 1)
     source = torch.arange(channels, device=images.device).view(1, 1, 1, channels)
     per_source = windows[batch, source, origins[..., 0, None], origins[..., 1, None]]  # N x K x C x 3 x t x t
-    return (per_source * images.new_tensor(LUMA).view(1, 1, 1, channels, 1, 1)).sum(dim=3)
+    if images.dtype == torch.uint8:  # the weights scale 0..255 to [0, 1] in the same pass
+        weights = torch.tensor(LUMA, device=images.device) / 255
+    else:
+        weights = images.new_tensor(LUMA)
+    return (per_source * weights.view(1, 1, 1, channels, 1, 1)).sum(dim=3)
 
 
 def make_puzzles(
     images: Tensor, permutations: Tensor, cfg: JigsawConfig, generator: torch.Generator | None,
     by_mask: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Shuffled tiles (N x 9 x 3 x t x t, in [0, 1], not yet normalised) and their permutation labels.
+    """Shuffled tiles (N x 9 x 3 x t x t, in [0, 1], not yet normalised) and their permutation labels, from
+    float images in [0, 1] or uint8 ones (then only the tiles' pixels are converted).
 
     About ``cfg.grayscale_prob`` of the images are turned grayscale, then one tile is cut per cell
     (:func:`tile_origins`) and the tiles are put in the drawn permutation's order. Done in that order on whole
@@ -278,7 +285,7 @@ def make_puzzles(
     order = permutations.to(device)[labels]
     origins = origins[torch.arange(n, device=device)[:, None], order]
     tile = tile_geometry(height, cfg.tile_fraction)[1]
-    tiles = gather_tiles(images, origins, tile)
+    tiles = unit_float(gather_tiles(images, origins, tile))
     if by_mask if by_mask is not None else device.type != "cpu":
         luma = gather_luma_tiles(images, origins, tile)
         return torch.where(grayscale.view(-1, 1, 1, 1, 1), luma, tiles), labels
@@ -328,6 +335,7 @@ def fully_connected(in_features: int, out_features: int, batch_norm: bool, dropo
 class JigsawTask(PretextTask):
     name = "jigsaw"
     Config = JigsawConfig
+    takes_uint8 = True  # nine tiles hold about 70% of a crop's pixels at the paper's geometry: convert those
 
     @classmethod
     def check_image_size(cls, cfg: JigsawConfig, image_size: int) -> None:
