@@ -47,3 +47,14 @@ def one_error_line(capsys: pytest.CaptureFixture) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:"), err
     return err[0]
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A command run with --threads sets torch's thread count for the whole process: later tests must not
+    inherit it (a subprocess would not, and CPU kernels may round differently with another count)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
