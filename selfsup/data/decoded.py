@@ -87,7 +87,9 @@ class DecodedSource:
         return self._pixels[start : start + height * width * channels].reshape(height, width, channels)
 
     def load(self, index: int, decode_size=None) -> Image.Image:
-        return Image.fromarray(self.array(index), mode="RGB")
+        pixels = self.array(index)
+        # an image over the mapped bytes, not a copy of them (Image.fromarray copies)
+        return Image.frombuffer("RGB", (pixels.shape[1], pixels.shape[0]), pixels, "raw", "RGB", 0, 1)
 
     def label(self, index: int) -> int:
         return self.base.label(index)

@@ -35,8 +35,14 @@ def sample_seed(run_seed: int, epoch: int, index: int) -> int:
     return (run_seed * 1_000_003 + epoch) * 2_654_435_761 + index & 0x7FFF_FFFF_FFFF
 
 
-def _uniform(gen: torch.Generator, low: float, high: float) -> float:
-    return low + (high - low) * float(torch.rand((), generator=gen))
+# Uniform draws a crop may use: two per attempt at a box (area, aspect), two for its place, one for the flip.
+# Drawn in one call: a call per number cost more than the resize itself at 32 px.
+_CROP_ATTEMPTS = 10
+_CROP_DRAWS = 2 * _CROP_ATTEMPTS + 3
+
+
+def _lerp(low: float, high: float, u: float) -> float:
+    return low + (high - low) * u
 
 
 def _at_least(width: int, height: int, side: float, smallest_region: float) -> tuple[int, int]:
@@ -46,7 +52,7 @@ def _at_least(width: int, height: int, side: float, smallest_region: float) -> t
 
 
 def _to_uint8_tensor(img: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
 @dataclass(frozen=True)
@@ -74,17 +80,17 @@ class RandomCrop:
         flip it; what a crop of that image with ``gen`` uses (a crop made elsewhere, e.g. on a GPU, draws it here)."""
         area = width * height
         box = (0.0, 0.0, float(width), float(height))
-        for _ in range(10):
-            target = area * _uniform(gen, *self.scale)
-            aspect = math.exp(_uniform(gen, math.log(self.ratio[0]), math.log(self.ratio[1])))
+        u = torch.rand(_CROP_DRAWS, generator=gen, dtype=torch.float64).tolist()
+        for attempt in range(_CROP_ATTEMPTS):
+            target = area * _lerp(*self.scale, u[2 * attempt])
+            aspect = math.exp(_lerp(math.log(self.ratio[0]), math.log(self.ratio[1]), u[2 * attempt + 1]))
             w = math.sqrt(target * aspect)
             h = math.sqrt(target / aspect)
             if w <= width and h <= height:
-                left = _uniform(gen, 0, width - w)
-                top = _uniform(gen, 0, height - h)
+                left, top = _lerp(0, width - w, u[-3]), _lerp(0, height - h, u[-2])
                 box = (left, top, left + w, top + h)
                 break
-        return box, self.hflip and float(torch.rand((), generator=gen)) < 0.5
+        return box, self.hflip and u[-1] < 0.5
 
     def __call__(self, img: Image.Image, gen: torch.Generator) -> torch.Tensor:
         box, flip = self.draw(*img.size, gen)
