@@ -5,8 +5,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from selfsup.config import ConfigError, PretrainConfig, from_dict
+from selfsup.diagnose.solvers import counting_colour_solver
 from selfsup.models import build_encoder
 from selfsup.pretext import TASKS, build_task
+from selfsup.pretext.base import IMAGENET_MEAN, IMAGENET_STD, normalize_rgb
 from selfsup.pretext.counting import (
     FILTERS,
     CountingConfig,
@@ -14,6 +16,7 @@ from selfsup.pretext.counting import (
     counting_loss,
     downsample_2x,
     filter_bank,
+    normalize_views,
     photometric_jitter,
     tile_2x2,
 )
@@ -193,6 +196,62 @@ def test_photometric_jitter_is_identity_when_off_and_grays_when_asked():
     assert torch.equal(gray[:, 0], gray[:, 1]) and torch.equal(gray[:, 1], gray[:, 2])
     jittered = photometric_jitter(images, 0.4, 0.0, gen)
     assert jittered.min() >= 0 and jittered.max() <= 1 and not torch.equal(jittered, images)
+
+
+def coloured_images(n: int = 40, size: int = 16) -> torch.Tensor:
+    """Textured images whose colour and contrast differ from image to image: the colour shortcut's material."""
+    torch.manual_seed(1)
+    base = torch.rand(n, 3, 1, 1) * 0.6 + 0.2
+    contrast = torch.rand(n, 3, 1, 1) * 0.3 + 0.02
+    return (base + contrast * (torch.rand(n, 3, size, size) - 0.5)).clamp(0, 1)
+
+
+def fed_views(view_norm: bool, images: torch.Tensor) -> torch.Tensor:
+    return small_task(view_norm=view_norm).make_inputs(images, torch.Generator().manual_seed(0)).images
+
+
+def test_view_norm_is_off_by_default_and_validated():
+    assert CountingConfig().view_norm is False
+    with pytest.raises(ConfigError, match="pretext.view_norm"):
+        from_dict(CountingConfig, {"view_norm": "sometimes"}, prefix="pretext.")
+
+
+def test_view_norm_gives_every_view_the_same_colour_statistics_and_keeps_its_pattern():
+    images = coloured_images()
+    plain, normalised = fed_views(False, images), fed_views(True, images)  # same generator: same jitter and filters
+    assert normalised.shape == plain.shape == (5 * len(images), 3, 8, 8)
+    mean = torch.tensor(IMAGENET_MEAN).expand(len(plain), 3)
+    std = torch.tensor(IMAGENET_STD).expand(len(plain), 3)
+    torch.testing.assert_close(normalised.mean(dim=(2, 3)), mean, atol=1e-5, rtol=0)
+    # the colour jitter clamps a few channels flat (at 0 or 1): those stay flat, at the mean
+    plain_std = plain.std(dim=(2, 3), unbiased=False)
+    flat = plain_std < 1e-5
+    assert 0 < int(flat.sum()) < flat.numel() // 10
+    expected_std = torch.where(flat, 0.0, std)
+    torch.testing.assert_close(normalised.std(dim=(2, 3), unbiased=False), expected_std, atol=1e-5, rtol=0)
+    # what the encoder sees is each view standardised on its own statistics: the pattern is the plain view's
+    fed = normalize_rgb(normalised)
+    centred = plain - plain.mean(dim=(2, 3), keepdim=True)
+    standard = torch.where(flat[..., None, None], 0.0, centred / plain_std.clamp_min(1e-5)[..., None, None])
+    torch.testing.assert_close(fed, standard, atol=1e-4, rtol=0)
+
+
+def test_colour_solver_counts_on_plain_views_and_collapses_on_normalised_ones():
+    images = coloured_images()
+    plain = counting_colour_solver(fed_views(False, images), MARGIN)
+    assert plain.value > 0.9  # the shortcut: colour averages alone count these images
+    normalised = counting_colour_solver(fed_views(True, images), MARGIN)
+    # nothing left to rank pairs on: every distance ties (count_acc 0, no better than chance) at the collapse loss
+    assert normalised.value <= normalised.chance
+    assert normalised.extra["loss"] == pytest.approx(MARGIN, abs=1e-3)
+
+
+def test_normalize_views_leaves_a_flat_channel_flat_at_the_imagenet_mean():
+    views = torch.rand(2, 3, 8, 8)
+    views[0, 1] = 0.9
+    out = normalize_views(views)
+    assert torch.equal(out[0, 1], torch.full((8, 8), IMAGENET_MEAN[1]))
+    assert float(out[1, 1].std(unbiased=False)) == pytest.approx(IMAGENET_STD[1], abs=1e-5)
 
 
 # ------------------------------------------------------------------------- the task

@@ -17,6 +17,15 @@ is already computed, so the contrastive image costs no extra forward pass.
 Anti-shortcut guards (as in the paper): a network could tell D x from a tile by the artefacts of one
 fixed resampling filter, so every image draws its own filter among antialiased area (box),
 bilinear, bicubic and Lanczos; and colour is jittered and sometimes dropped (grayscale).
+
+Shortcut these guards leave open: global colour statistics. Per-channel means and mean squares of each view,
+times 4 for D x, add up from the tiles to D x whatever the jitter, and a closed-form fit on them scores 100%
+count accuracy on the CIFAR-10 tasks-table checkpoint's inputs (the network: 94.2%); with every view's colour
+statistics equalised the network drops to 68.2% (chance 50%; ``python experiments/diagnose_cifar10.py``,
+experiments/results/diagnose_cifar10.md). ``view_norm`` sets every view's per-channel mean and std to the
+same values (jigsaw's per-tile normalisation), which leaves the colour solver nothing to count; the demo
+preset turns it on (before and after: ``python experiments/counting_guard.py``,
+experiments/results/counting_guard.md).
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from torch import Tensor, nn
 
 from selfsup.config import ConfigError, option
 from selfsup.models import Encoder
-from selfsup.pretext.base import Examples, PretextTask
+from selfsup.pretext.base import IMAGENET_MEAN, IMAGENET_STD, Examples, PretextTask
 
 NUM_TILES = 4
 MIN_TILE = 8  # smallest tile side every built-in encoder accepts
@@ -90,6 +99,12 @@ class CountingConfig:
     )
     grayscale_prob: float = option(
         0.3, "probability that an image is converted to grayscale (not given in the paper; jigsaw's ~30%)", min=0.0, max=1.0
+    )
+    view_norm: bool = option(
+        False,
+        "set every view's (D x's and each tile's) per-channel mean and std to ImageNet's, so the encoder sees "
+        "each view standardised on its own statistics (jigsaw's per-tile normalisation; not in the counting "
+        "paper): global colour statistics, which alone solve the task, no longer add up from the tiles to D x",
     )
 
     def validate(self) -> None:
@@ -160,6 +175,24 @@ def photometric_jitter(images: Tensor, strength: float, grayscale_prob: float, g
         drop = torch.rand(n, 1, 1, 1, generator=generator, device=device) < grayscale_prob
         x = torch.where(drop, to_grayscale(x).expand_as(x), x)
     return x
+
+
+def normalize_views(views: Tensor, eps: float = 1e-5) -> Tensor:
+    """Each view's per-channel mean and std set to ImageNet's, the pattern inside it kept.
+
+    ``normalize_rgb`` then maps every view to zero mean and unit std per channel, as jigsaw's tiles: every
+    view has the same colour statistics, so they no longer tell an image's tiles from another's. The std is
+    divided out exactly: jigsaw's ``std + eps`` leaves a deficit of about eps / std, which follows an image's
+    contrast from D x to its tiles, and a colour solver with a fitted scale ranks pairs on it.
+    A channel flat over the view (std at most eps: rounding noise of a constant) is not stretched: it is set
+    to ImageNet's mean.
+    """
+    pixels = views.flatten(-2)
+    centred = pixels - pixels.mean(dim=-1, keepdim=True)
+    std = centred.square().mean(dim=-1, keepdim=True).sqrt()
+    standard = torch.where(std > eps, centred / std.clamp_min(eps), 0.0).view_as(views)
+    mean = views.new_tensor(IMAGENET_MEAN).view(1, -1, 1, 1)
+    return standard * views.new_tensor(IMAGENET_STD).view(1, -1, 1, 1) + mean
 
 
 def counting_loss(phi_down_x: Tensor, phi_tiles_x_sum: Tensor, phi_down_y: Tensor, margin: float) -> dict[str, Tensor]:
@@ -247,8 +280,11 @@ class CountingTask(PretextTask):
             x = photometric_jitter(images.float(), self.cfg.color_jitter, self.cfg.grayscale_prob, gen)
             choice = torch.randint(len(self.cfg.filters), (x.shape[0],), generator=gen, device=x.device)
             down = downsample_2x(x, self.kernels[choice])
+            views = torch.cat([down, tile_2x2(x)])
+            if self.cfg.view_norm:
+                views = normalize_views(views)
         # D x and the tiles go through one forward pass so BatchNorm normalises them alike
-        return CountingInputs(torch.cat([down, tile_2x2(x)]), choice)
+        return CountingInputs(views, choice)
 
     def forward(self, images: Tensor, labels: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         n = images.shape[0]

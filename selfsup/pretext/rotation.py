@@ -2,6 +2,12 @@
 
 Every image of the batch appears in all four rotations (0, 90, 180, 270 degrees) in the same
 batch, and the network classifies which rotation was applied (4-way cross-entropy).
+
+Shortcut: the coarse layout of colour and brightness (a light sky above, a dark ground below). On the
+CIFAR-10 tasks-table checkpoint a linear classifier on colour and edge statistics of four image regions
+reaches 43.6% (chance 25%, the network 61.0%), and the network keeps 55.7% on low-pass images but drops to
+41.6% on the high-pass residual: it leans more on the layout than on fine detail
+(``python experiments/diagnose_cifar10.py``, experiments/results/diagnose_cifar10.md).
 """
 
 from __future__ import annotations
