@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from selfsup.data import cache_root
 from selfsup.data.images import BadImageError
 from selfsup.data.sources import FolderSource, ImageSource, IndexedSource
 
@@ -36,17 +37,10 @@ _FREE_MARGIN = 2**30  # left free on the cache's disk after a build: other write
 
 
 def decoded_cache_dir() -> Path:
-    """``$SELFSUP_DECODED_DIR``; else ``$SELFSUP_CACHE_DIR``, ``$XDG_CACHE_HOME/selfsup`` or ``~/.cache/selfsup``,
-    then ``decoded/``."""
+    """``$SELFSUP_DECODED_DIR``, else ``decoded/`` under the cache root (`selfsup.data.cache_root`)."""
     if os.environ.get("SELFSUP_DECODED_DIR"):
         return Path(os.environ["SELFSUP_DECODED_DIR"]).expanduser()
-    if os.environ.get("SELFSUP_CACHE_DIR"):
-        root = Path(os.environ["SELFSUP_CACHE_DIR"]).expanduser()
-    elif os.environ.get("XDG_CACHE_HOME"):
-        root = Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "selfsup"
-    else:
-        root = Path.home() / ".cache" / "selfsup"
-    return root / "decoded"
+    return cache_root() / "decoded"
 
 
 class DecodedSource:

@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from selfsup.data.images import BadImageError, load_rgb
-from selfsup.data.loading import Batch, EpochBatchSampler, RandomCrop, TRAIN_PREFETCH
+from selfsup.data.loading import Batch, EpochBatchSampler, RandomCrop, training_loader
 from selfsup.data.sources import FolderSource, ImageSource, IndexedSource
 
 _EXIF_ORIENTATION = 0x0112
@@ -177,14 +177,6 @@ def _decode(jpegs: EncodedJpegs, device: torch.device, bad_files: list[str]) -> 
 
 def device_decode_loader(source: ImageSource, crop: RandomCrop, sampler: EpochBatchSampler, *, workers: int,
                          pin_memory: bool) -> DataLoader:
-    """A training loader whose JPEGs are decoded on the device by `batch_images` (workers persist, as in
-    `train_loader`)."""
-    return DataLoader(
-        DeviceDecodeDataset(source, crop),
-        batch_sampler=sampler,
-        num_workers=workers,
-        collate_fn=collate_encoded,
-        pin_memory=pin_memory,
-        persistent_workers=workers > 0,
-        prefetch_factor=TRAIN_PREFETCH if workers > 0 else None,
-    )
+    """A training loader whose JPEGs are decoded on the device by `batch_images`."""
+    return training_loader(DeviceDecodeDataset(source, crop), collate_encoded, sampler, workers=workers,
+                           pin_memory=pin_memory)

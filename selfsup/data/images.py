@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from selfsup.errors import DataError
@@ -125,9 +126,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def unit_float(images: "torch.Tensor") -> "torch.Tensor":
+def unit_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 pixels (0..255) as float32 in [0, 1], in one pass (the same values as ``x.float() / 255``); float
     input is returned as it is."""
-    import torch
-
     return torch.div(images, 255) if images.dtype == torch.uint8 else images

@@ -262,13 +262,19 @@ def auto_workers(device: torch.device, processes_per_machine: int = 1) -> int:
 def train_loader(
     source: ImageSource, transform, sampler: EpochBatchSampler, *, workers: int, pin_memory: bool
 ) -> DataLoader:
+    return training_loader(TransformedDataset(source, transform, replace_bad=True), collate, sampler,
+                           workers=workers, pin_memory=pin_memory)
+
+
+def training_loader(dataset: Dataset, collate_fn, sampler: EpochBatchSampler, *, workers: int,
+                    pin_memory: bool) -> DataLoader:
     """Workers persist across epochs (a restart costs every worker's start-up and its first batches at each
     epoch) and keep ``TRAIN_PREFETCH`` batches each in flight."""
     return DataLoader(
-        TransformedDataset(source, transform, replace_bad=True),
+        dataset,
         batch_sampler=sampler,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=collate_fn,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         prefetch_factor=TRAIN_PREFETCH if workers > 0 else None,

@@ -36,7 +36,6 @@ import functools
 import itertools
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +46,7 @@ from torch import Tensor, nn
 
 from selfsup.checkpoint import atomic_file
 from selfsup.config import ConfigError, option
+from selfsup.data import cache_root
 from selfsup.data.images import unit_float
 from selfsup.models import Encoder
 from selfsup.pretext.base import Examples, PretextTask, accuracy
@@ -132,14 +132,8 @@ def hamming_stats(permutations: np.ndarray | Tensor) -> tuple[int, float]:
 
 
 def permutation_cache_dir() -> Path:
-    """$SELFSUP_CACHE_DIR, else $XDG_CACHE_HOME/selfsup, else ~/.cache/selfsup; then ``permutations/``."""
-    if os.environ.get("SELFSUP_CACHE_DIR"):
-        root = Path(os.environ["SELFSUP_CACHE_DIR"]).expanduser()
-    elif os.environ.get("XDG_CACHE_HOME"):
-        root = Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "selfsup"
-    else:
-        root = Path.home() / ".cache" / "selfsup"
-    return root / "permutations"
+    """``permutations/`` under the cache root (`selfsup.data.cache_root`)."""
+    return cache_root() / "permutations"
 
 
 def _is_permutation_set(perms: np.ndarray, n: int) -> bool:
