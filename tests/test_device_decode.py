@@ -9,7 +9,7 @@ from PIL import Image
 from selfsup.data.device_decode import (
     DeviceDecodeDataset, batch_images, collate_encoded, crop_on_device, device_decode_loader,
 )
-from selfsup.data.loading import EpochBatchSampler, RandomCrop, TransformedDataset, train_loader
+from selfsup.data.loading import EpochBatchSampler, RandomCrop, TransformedDataset, crop_uniforms, train_loader
 from selfsup.data.sources import scan_folder
 
 CUDA = torch.cuda.is_available()
@@ -43,8 +43,8 @@ def test_crops_on_the_device_cover_the_regions_the_cpu_crops_cover():
     for size, scale in ((32, (0.5, 1.0)), (160, (0.3, 1.0))):  # a downscale and an upscale
         crop = RandomCrop(size, scale=scale)
         for seed in range(6):
-            cpu = crop(Image.fromarray(image), torch.Generator().manual_seed(seed)).float()
-            box, flip = crop.draw(200, 150, torch.Generator().manual_seed(seed))
+            cpu = crop(Image.fromarray(image), crop_uniforms([seed])[0]).float()
+            box, flip = crop.draw(200, 150, crop_uniforms([seed])[0])
             device = crop_on_device(tensor, box, flip, size).float()
             assert device.shape == cpu.shape == (3, size, size)
             assert (device - cpu).abs().mean() < 3  # same region and flip; a box filter against PIL's

@@ -74,3 +74,43 @@ def test_folded_batchnorm_heads_train_to_the_weights_of_batchnorm_then_linear():
             torch.testing.assert_close(heads.heads[layer][1].weight, head[1].weight, rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(heads.heads[layer][1].bias, head[1].bias, rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(logits[layer], head(features[layer]), rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_heads_compute_in_bf16_and_keep_fp32_parameters_gradients_and_logits():
+    """--head-precision bf16: the products see the cached bfloat16 features and the weights rounded to
+    bfloat16; parameters, their gradients and the logits stay float32, within bfloat16 rounding of fp32 heads."""
+    torch.manual_seed(0)
+    features = {"conv1": (torch.randn(64, 40) * 3 + 1).to(torch.bfloat16)}
+    labels = torch.arange(64) % 4
+    fp32 = LinearHeads({"conv1": nn.Identity()}, {"conv1": 40}, 4)
+    fix_batchnorm_statistics(fp32, features)
+    bf16 = copy.deepcopy(fp32)
+    bf16.dtype = torch.bfloat16
+    for heads in (fp32, bf16):
+        heads.eval()
+    logits = {}
+    for name, heads in (("fp32", fp32), ("bf16", bf16)):
+        out = heads(features)["conv1"]
+        torch.nn.functional.cross_entropy(out, labels).backward()
+        assert out.dtype == torch.float32
+        assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in heads.parameters())
+        logits[name] = out.detach()
+    torch.testing.assert_close(logits["bf16"], logits["fp32"], rtol=0.02, atol=0.05)
+    assert not torch.equal(logits["bf16"], logits["fp32"])  # the bf16 products did run
+    weight_grads = [heads.heads["conv1"][1].weight.grad for heads in (fp32, bf16)]
+    torch.testing.assert_close(weight_grads[1], weight_grads[0], rtol=0.02, atol=2e-3)
+
+
+def test_head_precision_auto_is_bf16_only_where_the_hardware_multiplies_bf16(monkeypatch):
+    from selfsup.probes.linear import head_dtype
+
+    cpu = torch.device("cpu")
+    assert head_dtype("fp32", cpu) == torch.float32 and head_dtype("bf16", cpu) == torch.bfloat16
+    for avx512_bf16, amx, expected in ((False, False, torch.float32), (True, False, torch.bfloat16),
+                                       (False, True, torch.bfloat16)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+        assert head_dtype("auto", cpu) == expected
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    assert head_dtype("auto", cpu) == torch.float32  # a torch without the checks: the safe choice

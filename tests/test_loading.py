@@ -1,11 +1,14 @@
 import json
 import os
 
+import numpy as np
 import torch
 from PIL import Image
 
 from selfsup.cli.pretrain import main as pretrain_main
-from selfsup.data.loading import EpochBatchSampler, RandomCrop, auto_workers, train_loader
+from selfsup.data.loading import (
+    CenterCrop, EpochBatchSampler, RandomCrop, TransformedDataset, auto_workers, crop_uniforms, train_loader,
+)
 from selfsup.data.sources import scan_folder
 
 
@@ -32,16 +35,27 @@ def test_epoch_order_changes_with_epoch_and_resumes_mid_epoch():
 def test_crops_depend_only_on_the_sample_seed():
     img = Image.effect_noise((50, 40), 60).convert("RGB")
     crop = RandomCrop(16)
-    a = crop(img, torch.Generator().manual_seed(5))
-    b = crop(img, torch.Generator().manual_seed(5))
-    c = crop(img, torch.Generator().manual_seed(6))
+    a = crop(img, crop_uniforms([5])[0])
+    b = crop(img, crop_uniforms([7, 5])[1])
+    c = crop(img, crop_uniforms([6])[0])
     assert a.dtype == torch.uint8 and a.shape == (3, 16, 16)
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_crop_uniforms_are_uniform_and_independent_across_seeds_and_draws():
+    u = crop_uniforms(np.arange(20_000) * 2_654_435_761)  # seeds as sample_seed spaces them
+    assert u.shape == (20_000, 23) and u.dtype == np.float64 and (u >= 0).all() and (u < 1).all()
+    assert np.abs(u.mean(axis=0) - 0.5).max() < 0.01 and np.abs(u.std(axis=0) - 12**-0.5).max() < 0.01
+    correlation = np.corrcoef(u.T)  # draws of one seed unrelated to each other
+    assert np.abs(correlation - np.eye(23)).max() < 0.04
+    neighbours = np.corrcoef(crop_uniforms(np.arange(20_000))[:, 0], crop_uniforms(np.arange(1, 20_001))[:, 0])
+    assert abs(neighbours[0, 1]) < 0.04  # consecutive seeds unrelated
+    assert np.array_equal(crop_uniforms([2**47 - 1, 0]), np.vstack([crop_uniforms([2**47 - 1]), crop_uniforms([0])]))
+
+
 def test_small_images_are_upscaled_to_the_crop():
     img = Image.new("RGB", (7, 5), (10, 200, 30))
-    assert RandomCrop(32)(img, torch.Generator().manual_seed(0)).shape == (3, 32, 32)
+    assert RandomCrop(32)(img, crop_uniforms([0])[0]).shape == (3, 32, 32)
 
 
 def test_training_survives_bad_files_and_counts_them(tiny_folder, tmp_path, capsys):
@@ -58,6 +72,30 @@ def test_training_survives_bad_files_and_counts_them(tiny_folder, tmp_path, caps
     summary = json.loads((out / "summary.json").read_text())
     assert summary["bad_files_skipped"] == 2
     assert "unreadable files skipped: 2" in capsys.readouterr().out
+
+
+def test_a_batch_of_items_is_what_the_items_give_one_by_one(tiny_folder, tmp_path):
+    """__getitems__ (the DataLoader's batch fetch: one array, one generator) gives exactly the items that
+    __getitem__ gives, crops of every size of image, unreadable files replaced in training and dropped in
+    evaluation."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i, path in enumerate(sorted((tiny_folder / "train" / "class0").glob("*.png"))[:5]):
+        (folder / f"{i}.png").write_bytes(path.read_bytes())
+    Image.effect_noise((50, 23), 60).convert("RGB").save(folder / "5_wide.png")
+    Image.new("RGB", (7, 5), (10, 200, 30)).save(folder / "6_small.png")
+    (folder / "7_broken.png").write_bytes(b"not an image")
+    source = scan_folder(folder)
+    items = [(i, 1000 + 7 * i) for i in range(len(source))]
+    for transform, replace_bad in ((RandomCrop(16), True), (CenterCrop(12, 0.875), False), (RandomCrop(9), False)):
+        dataset = TransformedDataset(source, transform, replace_bad=replace_bad)
+        together, alone = dataset.__getitems__(items), [dataset[item] for item in items]
+        assert len(together) == len(alone) == 8
+        for (image, label, bad, index), (image_alone, label_alone, bad_alone, index_alone) in zip(together, alone):
+            assert (label, bad, index) == (label_alone, bad_alone, index_alone)
+            assert (image is None) == (image_alone is None)
+            assert image is None or (torch.equal(image, image_alone) and image.is_contiguous())
+        assert sum(image is None for image, *_ in together) == (0 if replace_bad else 1)
 
 
 def test_persistent_workers_give_the_batches_of_a_fresh_single_process_loader(tiny_folder):

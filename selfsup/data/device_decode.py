@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from selfsup.data.images import BadImageError, load_rgb
-from selfsup.data.loading import Batch, EpochBatchSampler, RandomCrop, training_loader
+from selfsup.data.loading import Batch, EpochBatchSampler, RandomCrop, crop_uniforms, training_loader
 from selfsup.data.sources import FolderSource, ImageSource, IndexedSource
 
 _EXIF_ORIENTATION = 0x0112
@@ -81,12 +81,12 @@ class DeviceDecodeDataset(Dataset):
         for attempt in range(len(self.source)):
             current = (index + attempt) % len(self.source)
             path = file_of(self.source, current)
-            gen = torch.Generator().manual_seed(seed)
+            uniforms = crop_uniforms([seed])[0]
             try:
                 size = _jpeg_header(path)
                 if size is None:
-                    return ("pixels", self.crop(load_rgb(path), gen)), self.source.label(current), bad, current
-                box, flip = self.crop.draw(*size, gen)
+                    return ("pixels", self.crop(load_rgb(path), uniforms)), self.source.label(current), bad, current
+                box, flip = self.crop.draw(*size, uniforms)
                 data = torch.from_numpy(np.fromfile(path, dtype=np.uint8))
                 return ("jpeg", data, box, flip, path), self.source.label(current), bad, current
             except (BadImageError, OSError) as exc:  # OSError: the file went away after its header was read

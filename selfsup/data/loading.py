@@ -1,8 +1,8 @@
 """Loaders shared by every task: crops decided per sample from a seed, resumable epoch order, and
 bad files counted instead of crashing the run.
 
-Every random choice of the data pipeline is drawn from a generator seeded by (run seed, epoch,
-sample index), never from a worker's global RNG: the same run gives the same batches whatever
+Every random choice of the data pipeline is a function of (run seed, epoch, sample index) (a crop's
+numbers are a hash of the sample's seed, `crop_uniforms`), never drawn from a worker's global RNG: the same run gives the same batches whatever
 the number of workers or processes, and a resumed run continues with exactly the batches it
 would have seen.
 """
@@ -36,9 +36,28 @@ def sample_seed(run_seed: int, epoch: int, index: int) -> int:
 
 
 # Uniform draws a crop may use: two per attempt at a box (area, aspect), two for its place, one for the flip.
-# Drawn in one call: a call per number cost more than the resize itself at 32 px.
 _CROP_ATTEMPTS = 10
 _CROP_DRAWS = 2 * _CROP_ATTEMPTS + 3
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser of uint64 ``x`` (wrapping arithmetic), a well-mixed 64-bit hash."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def crop_uniforms(seeds: Sequence[int]) -> np.ndarray:
+    """The uniform numbers in [0, 1) a crop draws, ``len(seeds)`` x ``_CROP_DRAWS`` float64: a hash of (seed,
+    k), so a seed's numbers are the same wherever they are drawn and however many seeds are drawn together.
+    One numpy pass for a batch: seeding a generator per image cost more than its crop at 32 px."""
+    keys = np.asarray(seeds, dtype=np.int64).astype(np.uint64).reshape(-1, 1)
+    counters = np.arange(1, _CROP_DRAWS + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        bits = _splitmix64(_splitmix64(keys * _GOLDEN) + counters * _GOLDEN)
+    return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 def _lerp(low: float, high: float, u: float) -> float:
@@ -75,12 +94,13 @@ class RandomCrop:
         smallest_side = min(math.sqrt(width * height * self.scale[0]) * narrowest, width, height)
         return _at_least(width, height, self.size, smallest_side)
 
-    def draw(self, width: int, height: int, gen: torch.Generator) -> tuple[tuple[float, float, float, float], bool]:
+    def draw(self, width: int, height: int, uniforms: Sequence[float]) -> tuple[tuple[float, float, float, float], bool]:
         """The crop box (left, top, right, bottom) in pixels of a ``width`` x ``height`` image, and whether to
-        flip it; what a crop of that image with ``gen`` uses (a crop made elsewhere, e.g. on a GPU, draws it here)."""
+        flip it, from the sample's ``uniforms`` (a row of `crop_uniforms`); what a crop of that image uses (a crop
+        made elsewhere, e.g. on a GPU, draws it here)."""
         area = width * height
         box = (0.0, 0.0, float(width), float(height))
-        u = torch.rand(_CROP_DRAWS, generator=gen, dtype=torch.float64).tolist()
+        u = np.asarray(uniforms, dtype=np.float64).tolist()
         for attempt in range(_CROP_ATTEMPTS):
             target = area * _lerp(*self.scale, u[2 * attempt])
             aspect = math.exp(_lerp(math.log(self.ratio[0]), math.log(self.ratio[1]), u[2 * attempt + 1]))
@@ -92,13 +112,15 @@ class RandomCrop:
                 break
         return box, self.hflip and u[-1] < 0.5
 
-    def __call__(self, img: Image.Image, gen: torch.Generator) -> torch.Tensor:
-        box, flip = self.draw(*img.size, gen)
+    def crop_image(self, img: Image.Image, uniforms: Sequence[float]) -> Image.Image:
+        """The crop of ``img`` as a ``size`` x ``size`` image (what `__call__` returns as a tensor)."""
+        box, flip = self.draw(*img.size, uniforms)
         # resize with a box crops and scales in one resampling step (and upscales small images)
         out = img.resize((self.size, self.size), Image.BILINEAR, box=box, reducing_gap=None)
-        if flip:
-            out = out.transpose(Image.FLIP_LEFT_RIGHT)
-        return _to_uint8_tensor(out)
+        return out.transpose(Image.FLIP_LEFT_RIGHT) if flip else out
+
+    def __call__(self, img: Image.Image, uniforms: Sequence[float]) -> torch.Tensor:
+        return _to_uint8_tensor(self.crop_image(img, uniforms))
 
 
 @dataclass(frozen=True)
@@ -116,12 +138,15 @@ class CenterCrop:
             return width, height
         return _at_least(width, height, self.size, min(width, height) * self.crop_fraction)
 
-    def __call__(self, img: Image.Image, gen: torch.Generator | None = None) -> torch.Tensor:
+    def crop_image(self, img: Image.Image, uniforms: Sequence[float] | None = None) -> Image.Image:
+        """The crop of ``img`` as a ``size`` x ``size`` image (what `__call__` returns as a tensor)."""
         width, height = img.size
         side = min(width, height) * self.crop_fraction
         left, top = (width - side) / 2, (height - side) / 2
-        out = img.resize((self.size, self.size), Image.BILINEAR, box=(left, top, left + side, top + side))
-        return _to_uint8_tensor(out)
+        return img.resize((self.size, self.size), Image.BILINEAR, box=(left, top, left + side, top + side))
+
+    def __call__(self, img: Image.Image, uniforms: Sequence[float] | None = None) -> torch.Tensor:
+        return _to_uint8_tensor(self.crop_image(img, uniforms))
 
 
 @dataclass
@@ -160,6 +185,33 @@ class TransformedDataset(Dataset):
         return len(self.source)
 
     def __getitem__(self, item: int | tuple[int, int]):
+        img, label, bad, index, seed = self._load(item)
+        if img is None:
+            return None, label, bad, index
+        return self.transform(img, crop_uniforms([seed])[0]), label, bad, index
+
+    def __getitems__(self, items: list[int | tuple[int, int]]) -> list[tuple[torch.Tensor | None, int, list[str], int]]:
+        """The items of one batch (a DataLoader asks for them together), the same as `__getitem__` gives.
+
+        A transform with ``crop_image`` (a PIL image out) has every crop written into one array, converted to a
+        tensor once for the batch, with the uniforms of every item drawn in one pass: at 32 px, converting and
+        drawing for each item on its own cost more than its crop, and a loader worker's time is taken from the
+        training step on a CPU."""
+        crop_image = getattr(self.transform, "crop_image", None)
+        if crop_image is None:
+            return [self[item] for item in items]
+        loaded = [self._load(item) for item in items]
+        readable = [entry for entry in loaded if entry[0] is not None]
+        uniforms = crop_uniforms([seed for *_, seed in readable])
+        pixels = np.empty((len(readable), self.transform.size, self.transform.size, 3), dtype=np.uint8)
+        for row, (img, *_) in enumerate(readable):
+            pixels[row] = np.asarray(crop_image(img, uniforms[row]))
+        images = iter(torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous())
+        return [(None if img is None else next(images), label, bad, index) for img, label, bad, index, _ in loaded]
+
+    def _load(self, item: int | tuple[int, int]) -> tuple[Image.Image | None, int, list[str], int, int]:
+        """The RGB image of ``item`` (None if unreadable and not replaced), its label, the messages of the files
+        that could not be read, its source index and its seed."""
         index, seed = item if isinstance(item, tuple) else (item, item)
         bad: list[str] = []
         for attempt in range(len(self.source)):
@@ -169,13 +221,12 @@ class TransformedDataset(Dataset):
             except BadImageError as exc:
                 bad.append(str(exc))
                 if not self.replace_bad:
-                    return None, -1, bad, index
+                    return None, -1, bad, index, seed
                 continue
-            gen = torch.Generator().manual_seed(seed)
-            return self.transform(img, gen), self.source.label(current), bad, current
+            return img, self.source.label(current), bad, current, seed
         # Nothing in the source decodes: an empty item, which the main process reports as a DataError
         # (an exception raised here would reach it rewrapped by the DataLoader, with a worker's traceback).
-        return None, -1, bad, index
+        return None, -1, bad, index, seed
 
 
 def collate(items: Sequence[tuple[torch.Tensor | None, int, list[str], int]]) -> Batch:

@@ -222,17 +222,24 @@ def down_up_sample(patches: Tensor, prob: float, sizes: list[int], generator: to
 
 def drop_colors(patches: Tensor, noise_std: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Keeps one random channel per patch and replaces the other two by Gaussian noise with the kept
-    channel's mean and ``noise_std`` times its std. Returns the patches and the kept channel indices."""
+    channel's mean and ``noise_std`` times its std. Returns the patches and the kept channel indices.
+
+    Noise is drawn for the dropped channels only: on a CPU, drawing normals is the largest single cost of
+    making context inputs (about 10 ns each), and a third of them would be thrown away."""
     count, channels = patches.shape[:2]
     kept = torch.randint(0, channels, (count,), generator=generator, device=patches.device)
     select = kept.view(-1, 1, 1, 1).expand(-1, 1, *patches.shape[2:])
     kept_channel = patches.gather(1, select)
     mean = kept_channel.mean(dim=(2, 3), keepdim=True)
     std = kept_channel.std(dim=(2, 3), keepdim=True)
-    noise = torch.randn(patches.shape, generator=generator, device=patches.device, dtype=patches.dtype)
-    noise = mean + noise_std * std * noise
-    keep_mask = F.one_hot(kept, channels).bool().view(count, channels, 1, 1)
-    return torch.where(keep_mask, patches, noise), kept
+    noise = torch.randn((count, channels - 1, *patches.shape[2:]), generator=generator, device=patches.device,
+                        dtype=patches.dtype)
+    noise = noise.mul_(noise_std * std).add_(mean)
+    dropped = (kept.view(-1, 1) + torch.arange(1, channels, device=patches.device)) % channels  # the other channels
+    out = torch.empty_like(patches)
+    out.scatter_(1, select, kept_channel)
+    out.scatter_(1, dropped.view(count, channels - 1, 1, 1).expand_as(noise), noise)
+    return out, kept
 
 
 def project_out_green_magenta(patches: Tensor) -> Tensor:

@@ -52,10 +52,15 @@ class LinearHeads(nn.Module):
     A BatchNorm in eval mode is a fixed standardisation, so it is folded into its Linear layer for the forward
     pass: ``W((x - mean) / std) + b = (W / std) x + (b - W mean / std)``, the same function and the same
     gradients for W and b, without a pass over the batch of features (a head step on cached features of every
-    AlexNet layer takes about half the time)."""
+    AlexNet layer takes about half the time).
 
-    def __init__(self, pools: dict[str, nn.Module], dims: dict[str, int], num_classes: int) -> None:
+    ``dtype`` is the precision of the Linear's products (see :func:`head_dtype`); parameters, BatchNorm
+    statistics and logits stay float32, as in mixed-precision training."""
+
+    def __init__(self, pools: dict[str, nn.Module], dims: dict[str, int], num_classes: int,
+                 dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
+        self.dtype = dtype
         self.pools = nn.ModuleDict(pools)
         self.heads = nn.ModuleDict(
             {layer: nn.Sequential(nn.BatchNorm1d(dim, affine=False), nn.Linear(dim, num_classes)) for layer, dim in dims.items()}
@@ -64,14 +69,33 @@ class LinearHeads(nn.Module):
     def forward(self, pooled: dict[str, Tensor]) -> dict[str, Tensor]:
         return {layer: self._head(head, pooled[layer]) for layer, head in self.heads.items()}
 
-    @staticmethod
-    def _head(head: nn.Sequential, features: Tensor) -> Tensor:
+    def _head(self, head: nn.Sequential, features: Tensor) -> Tensor:
         norm, linear = head
         if norm.training:
-            return linear(norm(features))
-        scale = torch.rsqrt(norm.running_var + norm.eps)
-        shift = -norm.running_mean * scale
-        return F.linear(features, linear.weight * scale, linear.bias + linear.weight @ shift)
+            features, weight, bias = norm(features.float()), linear.weight, linear.bias
+        else:
+            scale = torch.rsqrt(norm.running_var + norm.eps)
+            weight, bias = linear.weight * scale, linear.bias + linear.weight @ (-norm.running_mean * scale)
+        return F.linear(features.to(self.dtype), weight.to(self.dtype), bias.to(self.dtype)).float()
+
+
+def head_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype of the probe heads' matrix products for ``--head-precision``: ``auto`` is bfloat16 where the
+    device multiplies bfloat16 matrices in hardware (CUDA; CPUs with AVX512-BF16 or AMX), float32 elsewhere.
+
+    A head step reads a batch of cached features two times (forward, weight gradient) and does little
+    arithmetic on each value: its time is memory traffic, which bfloat16 halves, and the features are cached in
+    bfloat16 anyway, so the products see the same values. On a 2-core AMX CPU a step on every AlexNet layer's
+    features is about 3x faster (see ``experiments/results/bench_probe.md``)."""
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    # private helpers of torch.cpu, looked up defensively: a torch without them gets the safe choice
+    native = [getattr(torch.cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return torch.bfloat16 if device.type == "cpu" and any(check() for check in native) else torch.float32
 
 
 @dataclass
@@ -256,7 +280,8 @@ def cached_batches(features: dict[str, Tensor], labels: Tensor, batch_size: int,
             stop = size - batch_size + 1
         for start in range(0, max(stop, 0), batch_size):
             index = order[start : start + batch_size]
-            yield {layer: f[index].to(device).float() for layer, f in features.items()}, labels[index].to(device)
+            # in their cache's dtype: the heads convert them to the dtype of their products
+            yield {layer: f[index].to(device) for layer, f in features.items()}, labels[index].to(device)
 
     return batches
 

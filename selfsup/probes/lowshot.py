@@ -39,22 +39,24 @@ def summarize(values: Sequence[float]) -> dict[str, float | list[float]]:
 def lowshot_linear(train: FeatureSet, select_batches: Callable[[], Iterable], test_batches: Callable[[], Iterable],
                    pools: dict[str, nn.Module], dims: dict[str, int], num_classes: int, protocol: ProbeProtocol,
                    shots: Sequence[int], draws: int, seed: int, device: torch.device,
-                   progress: Callable[[str], None] = print) -> dict[str, dict[str, dict]]:
-    """``{layer: {str(k): {"test_top1": summary, "selection_top1": summary, "images": n}}}``."""
+                   progress: Callable[[str], None] = print,
+                   dtype: torch.dtype = torch.float32) -> dict[str, dict[str, dict]]:
+    """``{layer: {str(k): {"test_top1": summary, "selection_top1": summary, "images": n}}}``; ``dtype`` is the
+    heads' (see :class:`LinearHeads`)."""
     results: dict[str, dict[str, dict]] = {layer: {} for layer in dims}
-    # every draw scores the selection split after every epoch: convert its bfloat16 cache to float32 once
-    selection = list(select_batches())
+    # every draw scores the selection split after every epoch: convert its bfloat16 cache to the heads' dtype once
+    selection = [({layer: f.to(dtype) for layer, f in pooled.items()}, labels) for pooled, labels in select_batches()]
     for k in shots:
         test_runs: dict[str, list[float]] = {layer: [] for layer in dims}
         select_runs: dict[str, list[float]] = {layer: [] for layer in dims}
         for draw in range(draws):
             draw_seed = seed * 7919 + k * 131 + draw
             sample = train.subset(sample_per_class(train.labels, k, draw_seed))
-            sample_features = {layer: f.float() for layer, f in sample.features.items()}
+            sample_features = {layer: f.to(dtype) for layer, f in sample.features.items()}
             batch_size = min(protocol.batch_size, len(sample.labels))
             epoch_size = max(len(sample.labels), MIN_EPOCH_IMAGES)
             torch.manual_seed(draw_seed)
-            heads = LinearHeads(pools, dims, num_classes).to(device)
+            heads = LinearHeads(pools, dims, num_classes, dtype).to(device)
             batches = cached_batches(sample_features, sample.labels, batch_size, device, shuffle_seed=draw_seed,
                                      epoch_size=epoch_size)
             best, _ = train_heads(heads, batches, lambda: selection, dataclasses.replace(protocol, batch_size=batch_size),
