@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from selfsup.data.images import IMAGE_EXTENSIONS, BadImageError, load_rgb
@@ -186,3 +187,25 @@ def test_result_is_independent_of_the_file(tmp_path: Path) -> None:
     img = load_rgb(path)
     path.unlink()  # fully decoded: pixels stay usable after the file is gone
     assert np.asarray(img).shape == (48, 64, 3)
+
+
+def test_gather_windows_cuts_what_slicing_cuts_for_any_layout_and_dtype():
+    from selfsup.data.images import gather_windows
+
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.uint8, torch.float32):
+        images = (torch.rand(5, 3, 23, 31, generator=gen) * 255).to(dtype)
+        for layout in (images, images.contiguous(memory_format=torch.channels_last)):
+            plane = torch.randint(0, 15, (4, 6), generator=gen)
+            top = torch.randint(0, 23 - 7 + 1, (4, 6), generator=gen)
+            left = torch.randint(0, 31 - 7 + 1, (4, 1), generator=gen)  # broadcast along the last dim
+            windows = gather_windows(layout, plane, top, left, 7)
+            assert windows.shape == (4, 6, 7, 7) and windows.dtype == dtype
+            planes = images.flatten(0, 1)
+            for i in range(4):
+                for j in range(6):
+                    y, x = int(top[i, j]), int(left[i, 0])
+                    assert torch.equal(windows[i, j], planes[plane[i, j], y : y + 7, x : x + 7])
+    corner = torch.arange(2 * 4 * 4).view(2, 4, 4)  # the window ending at the last element of memory
+    assert torch.equal(gather_windows(corner, torch.tensor([1]), torch.tensor([2]), torch.tensor([2]), 2)[0],
+                       corner[1, 2:, 2:])

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.config import ConfigError, option
-from selfsup.data.images import unit_float
+from selfsup.data.images import gather_windows, unit_float
 from selfsup.models import Encoder
 from selfsup.pretext.base import Examples, PretextTask, accuracy, normalize_rgb
 
@@ -169,12 +169,11 @@ def sample_pair_positions(count: int, geometry: PatchGeometry, generator: torch.
 
 
 def crop_patches(images: Tensor, top_left: Tensor, size: int) -> Tensor:
-    """``images[n, :, y:y+size, x:x+size]`` for every row ``(y, x)`` of ``top_left``, in one gather of whole
-    windows (indexing a view of every window, not every pixel)."""
-    windows = images.unfold(2, size, 1).unfold(3, size, 1)  # N x C x (H-size+1) x (W-size+1) x size x size
-    batch = torch.arange(images.shape[0], device=images.device)
-    # Advanced indices around a slice put the indexed dim first: N x C x size x size.
-    return windows[batch, :, top_left[:, 0], top_left[:, 1]]
+    """``images[n, :, y:y+size, x:x+size]`` for every row ``(y, x)`` of ``top_left``, in one gather of window
+    rows (see :func:`gather_windows`)."""
+    n, channels = images.shape[:2]
+    plane = torch.arange(n, device=images.device).view(n, 1) * channels + torch.arange(channels, device=images.device)
+    return gather_windows(images, plane, top_left[:, :1], top_left[:, 1:], size)
 
 
 def downsample_sizes(patch: int, min_scale: float, levels: int) -> list[int]:
@@ -225,20 +224,23 @@ def drop_colors(patches: Tensor, noise_std: float, generator: torch.Generator) -
     channel's mean and ``noise_std`` times its std. Returns the patches and the kept channel indices.
 
     Noise is drawn for the dropped channels only: on a CPU, drawing normals is the largest single cost of
-    making context inputs (about 10 ns each), and a third of them would be thrown away."""
+    making context inputs (about 10 ns each), and a third of them would be thrown away. The std takes two
+    passes (Welford's one-pass update is several times slower on a CPU; equal to float rounding), and the
+    output is assembled by whole channels."""
     count, channels = patches.shape[:2]
     kept = torch.randint(0, channels, (count,), generator=generator, device=patches.device)
-    select = kept.view(-1, 1, 1, 1).expand(-1, 1, *patches.shape[2:])
-    kept_channel = patches.gather(1, select)
-    mean = kept_channel.mean(dim=(2, 3), keepdim=True)
-    std = kept_channel.std(dim=(2, 3), keepdim=True)
+    rows = torch.arange(count, device=patches.device)
+    kept_channel = patches[rows, kept]  # N x P x P
+    pixels = kept_channel.flatten(1)
+    mean = pixels.mean(dim=1)
+    std = torch.linalg.vector_norm(pixels - mean[:, None], dim=1) / (pixels.shape[1] - 1) ** 0.5  # unbiased
     noise = torch.randn((count, channels - 1, *patches.shape[2:]), generator=generator, device=patches.device,
                         dtype=patches.dtype)
-    noise = noise.mul_(noise_std * std).add_(mean)
+    noise = noise.mul_((noise_std * std).view(-1, 1, 1, 1)).add_(mean.view(-1, 1, 1, 1))
     dropped = (kept.view(-1, 1) + torch.arange(1, channels, device=patches.device)) % channels  # the other channels
     out = torch.empty_like(patches)
-    out.scatter_(1, select, kept_channel)
-    out.scatter_(1, dropped.view(count, channels - 1, 1, 1).expand_as(noise), noise)
+    out[rows[:, None], dropped] = noise
+    out[rows, kept] = kept_channel
     return out, kept
 
 
