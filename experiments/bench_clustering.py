@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selfsup.cli.common import command_line, git_commit, machine_description
+from selfsup.provenance import command_line, git_commit, machine_description
 from selfsup.pretext.clustering import faiss_available, kmeans, l2_normalize, nmi, pca_whiten
 
 

@@ -304,14 +304,7 @@ class PretrainConfig:
     pretext: dict = option({}, "task-specific options, validated by the task's own config class")
 
     def validate(self) -> None:
-        from selfsup.models import ARCHS
-        from selfsup.pretext import TASKS
-
-        if self.task not in TASKS:
-            raise ConfigError(f"task = {self.task!r} is invalid: allowed values are {', '.join(TASKS)}")
-        if self.model.arch not in ARCHS:
-            raise ConfigError(f"model.arch = {self.model.arch!r} is invalid: allowed values are {', '.join(ARCHS)}")
+        """What the values say on their own; the task and architecture names, the task's options and its crop
+        size are checked where the registries live (:func:`selfsup.pretext.check_pretrain_config`)."""
         if self.optim.schedule == "step" and not self.optim.milestones:
             raise ConfigError("optim.milestones = [] is invalid with optim.schedule = step: give at least one epoch")
-        task_cfg = from_dict(TASKS[self.task].Config, self.pretext, prefix="pretext.")
-        TASKS[self.task].check_image_size(task_cfg, self.data.image_size)

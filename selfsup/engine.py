@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ContextManager, Protocol
 
 import torch
 import torch.distributed as dist
@@ -48,10 +48,16 @@ from selfsup.distributed import DistInfo, all_reduce_sum
 from selfsup.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
 from selfsup.optim import build_optimizer, build_scheduler
 
-if TYPE_CHECKING:
-    from selfsup.probes.knn import KnnMonitor
-
 log = logging.getLogger(__name__)
+
+
+class Monitor(Protocol):
+    """What the trainer asks of a monitor (``selfsup.probes.knn.KnnMonitor``): top-1 and top-5 (percent) of the
+    encoder as it is now, computed with ``autocast()`` around its forward passes; unreadable files go to
+    ``on_bad``."""
+
+    def evaluate(self, device: torch.device, autocast: Callable[[], ContextManager],
+                 on_bad: Callable[[list[str]], None]) -> dict[str, float]: ...
 
 CHECKPOINT_NAME = "last.pt"
 SUMMARY_NAME = "summary.json"
@@ -214,7 +220,7 @@ class Trainer:
         record: dict[str, Any],
         channels_last: bool = False,
         feature_view=None,
-        knn_monitor: KnnMonitor | None = None,
+        knn_monitor: Monitor | None = None,
         trust_checkpoint: bool = False,
         decode_on_device: bool = False,
     ) -> None:
@@ -640,7 +646,7 @@ class Trainer:
         done = self.epoch + 1
         return every > 0 and (done % every == 0 or done == self.cfg.epochs or self.ended_by is not None)
 
-    def _run_knn_monitor(self, monitor: KnnMonitor) -> tuple[dict[str, float], float]:
+    def _run_knn_monitor(self, monitor: Monitor) -> tuple[dict[str, float], float]:
         """kNN val accuracy of the encoder and the seconds it took. Rank 0 alone computes it (a few
         thousand images: sharding would save little) while the others wait for its result."""
         result: tuple[dict[str, float], float] = ({}, 0.0)

@@ -15,11 +15,10 @@ from selfsup.data.device_decode import reads_files
 from selfsup.data.loading import CenterCrop, RandomCrop, auto_workers
 from selfsup.data.sources import ImageSource, Splits, open_splits
 from selfsup.distributed import DistInfo
-from selfsup.engine import Trainer
+from selfsup.engine import Monitor, Trainer
 from selfsup.errors import ConfigError, DataError
 from selfsup.models import build_encoder, use_channels_last
 from selfsup.pretext import TASKS, PretextTask, build_task
-from selfsup.probes.knn import KnnMonitor
 
 
 @dataclass
@@ -57,7 +56,7 @@ def loader_workers(cfg: PretrainConfig, dist_info: DistInfo) -> int:
 
 
 def new_trainer(cfg: PretrainConfig, setup: Pretraining, dist_info: DistInfo, out_dir: Path, record: dict[str, Any], *,
-                knn_monitor: KnnMonitor | None = None, trust_checkpoint: bool = False) -> Trainer:
+                knn_monitor: Monitor | None = None, trust_checkpoint: bool = False) -> Trainer:
     """The Trainer of ``setup``'s task: random-resized crops of ``data.image_size`` for the steps, centre crops
     for whole-source passes (``prepare_epoch``)."""
     return Trainer(

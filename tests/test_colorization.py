@@ -9,7 +9,7 @@ from selfsup.checkpoint import load_checkpoint
 from selfsup.cli.pretrain import main as pretrain_main
 from selfsup.config import ConfigError, PretrainConfig, from_dict
 from selfsup.models import build_encoder
-from selfsup.pretext import build_task
+from selfsup.pretext import build_task, check_pretrain_config
 from selfsup.pretext.colorization import (
     ColorizationTask,
     annealed_mean,
@@ -226,11 +226,11 @@ def test_example_images_show_input_target_prediction_and_truth():
 
 def test_check_image_size_rejects_crops_smaller_than_a_2x2_target_map():
     with pytest.raises(ConfigError, match="data.image_size = 12 is invalid: colorization needs at least .* 16 px"):
-        from_dict(PretrainConfig, {"task": "colorization", "data": {"image_size": 12},
-                                   "pretext": {"target_downsample": 8}})
-    from_dict(PretrainConfig, {"task": "colorization", "data": {"image_size": 8}})
+        check_pretrain_config(from_dict(PretrainConfig, {"task": "colorization", "data": {"image_size": 12},
+                                                         "pretext": {"target_downsample": 8}}))
+    check_pretrain_config(from_dict(PretrainConfig, {"task": "colorization", "data": {"image_size": 8}}))
     with pytest.raises(ConfigError, match="pretext.rebalance_lambda"):
-        from_dict(PretrainConfig, {"task": "colorization", "pretext": {"rebalance_lambda": 0}})
+        check_pretrain_config(from_dict(PretrainConfig, {"task": "colorization", "pretext": {"rebalance_lambda": 0}}))
 
 
 def test_probe_of_a_colorization_checkpoint_feeds_the_l_channel(tiny_folder, tmp_path):

@@ -6,6 +6,7 @@ import pytest
 
 from selfsup.cli.pretrain import parse_config
 from selfsup.config import ConfigError, PretrainConfig, config_differences, from_dict, to_dict
+from selfsup.pretext import check_pretrain_config
 
 
 def test_defaults_are_valid_and_are_the_demo_preset():
@@ -30,7 +31,7 @@ def test_defaults_are_valid_and_are_the_demo_preset():
 )
 def test_invalid_values_name_field_value_and_what_is_allowed(values, message):
     with pytest.raises(ConfigError) as info:
-        from_dict(PretrainConfig, values)
+        check_pretrain_config(from_dict(PretrainConfig, values))  # the names and task options: where the registries live
     assert message in str(info.value)
 
 

@@ -3,7 +3,7 @@ import torch
 
 from selfsup.config import ConfigError, PretrainConfig, from_dict
 from selfsup.models import build_encoder
-from selfsup.pretext import build_task
+from selfsup.pretext import build_task, check_pretrain_config
 from selfsup.pretext.context import (
     DIRECTION_NAMES,
     NEIGHBOUR_STEPS,
@@ -239,7 +239,7 @@ def test_example_images_show_crops_with_boxes_and_the_fed_pairs():
 def test_tiny_crops_and_inconsistent_geometry_are_rejected():
     for size in (20, 32):
         with pytest.raises(ConfigError, match=f"data.image_size = {size} is invalid: context needs"):
-            from_dict(PretrainConfig, {"task": "context", "data": {"image_size": size}})
+            check_pretrain_config(from_dict(PretrainConfig, {"task": "context", "data": {"image_size": size}}))
     for size in (34, 64):
         ContextTask.check_image_size(ContextConfig(), size)
     with pytest.raises(ConfigError, match="image_size >= 398"):

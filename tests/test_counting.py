@@ -7,7 +7,7 @@ from PIL import Image
 from selfsup.config import ConfigError, PretrainConfig, from_dict
 from selfsup.diagnose.solvers import counting_colour_solver
 from selfsup.models import build_encoder
-from selfsup.pretext import TASKS, build_task
+from selfsup.pretext import TASKS, build_task, check_pretrain_config
 from selfsup.pretext.base import IMAGENET_MEAN, IMAGENET_STD, normalize_rgb
 from selfsup.pretext.counting import (
     FILTERS,
@@ -272,7 +272,7 @@ def test_check_image_size_rejects_odd_or_too_small_crops(size):
     with pytest.raises(ConfigError, match=f"data.image_size = {size} is invalid: counting needs"):
         CountingTask.check_image_size(CountingConfig(), size)
     with pytest.raises(ConfigError, match="data.image_size"):
-        from_dict(PretrainConfig, {"task": "counting", "data": {"image_size": size}})
+        check_pretrain_config(from_dict(PretrainConfig, {"task": "counting", "data": {"image_size": size}}))
 
 
 @pytest.mark.parametrize("size", [16, 32, 64, 228])

@@ -8,7 +8,7 @@ import torch
 
 from selfsup.config import ConfigError, PretrainConfig, from_dict
 from selfsup.models import build_encoder
-from selfsup.pretext import build_task
+from selfsup.pretext import build_task, check_pretrain_config
 from selfsup.pretext import jigsaw
 from selfsup.pretext.jigsaw import (
     JigsawConfig,
@@ -289,7 +289,7 @@ def test_check_image_size_rejects_crops_whose_tiles_are_too_small():
     with pytest.raises(ConfigError, match=r"data.image_size = 20 is invalid: jigsaw needs .* data.image_size >= 27"):
         JigsawTask.check_image_size(JigsawConfig(), 20)
     with pytest.raises(ConfigError, match="data.image_size = 20 is invalid"):
-        from_dict(PretrainConfig, {"task": "jigsaw", "data": {"image_size": 20}})
+        check_pretrain_config(from_dict(PretrainConfig, {"task": "jigsaw", "data": {"image_size": 20}}))
 
 
 def test_tiles_too_small_for_the_encoder_give_a_config_error():

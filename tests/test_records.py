@@ -72,3 +72,16 @@ def test_portable_leaves_names_numbers_and_paths_outside_a_checkout_alone():
     assert portable({"a": [1, 2.5, None, "random", "1/2"]}, folder, Path("/r")) == {"a": [1, 2.5, None, "random", "1/2"]}
     # outside any checkout a record keeps its absolute paths
     assert portable({"checkpoint": "/runs/x/last.pt"}, folder, None) == {"checkpoint": "/runs/x/last.pt"}
+
+
+def test_the_command_names_the_console_script_also_when_run_as_a_cli_file(monkeypatch):
+    """torchrun -m selfsup.cli.pretrain makes argv[0] the module's path: the record still says ssl-pretrain."""
+    import selfsup.cli.pretrain
+    from selfsup.provenance import command_line
+
+    monkeypatch.setattr("sys.argv", [selfsup.cli.pretrain.__file__, "--task", "jigsaw", "--out", "runs/a b"])
+    assert command_line() == "ssl-pretrain --task jigsaw --out 'runs/a b'"
+    monkeypatch.setattr("sys.argv", ["/usr/local/bin/ssl-probe", "--freeze", "all"])
+    assert command_line() == "ssl-probe --freeze all"
+    monkeypatch.setattr("sys.argv", ["experiments/fair_tasks.py", "--seeds", "2"])
+    assert command_line() == "fair_tasks.py --seeds 2"

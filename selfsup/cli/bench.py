@@ -31,13 +31,14 @@ import torch
 from selfsup.bench import measure_data_side, measure_epoch_share, measure_pipeline, measure_threads
 from selfsup.checkpoint import atomic_file
 from selfsup.cli.common import (
-    Parser, add_overrides, check_option_values, int_list, command_line, git_commit, machine_description, user_errors_exit,
+    Parser, add_overrides, check_option_values, int_list, user_errors_exit,
 )
 from selfsup.cli.pretrain import FLAGS, config_from_args
 from selfsup.config import PretrainConfig
 from selfsup.distributed import pick_device
 from selfsup.outputs import check_output_file
 from selfsup.presets import load_preset
+from selfsup.provenance import command_line, git_commit, machine_description
 from selfsup.pretext import TASKS
 from selfsup.probes.records import write_record
 

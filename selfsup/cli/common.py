@@ -7,11 +7,7 @@ import functools
 import logging
 import math
 import os
-import platform
-import shlex
-import subprocess
 import sys
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -165,33 +161,3 @@ def check_option_values(args: argparse.Namespace, *, paths: tuple[str, ...] = ()
 
 def given_overrides(args: argparse.Namespace, flags: dict[str, tuple[str, type, str]]) -> dict[str, Any]:
     return {dotted: getattr(args, dotted) for dotted, _, _ in flags.values() if getattr(args, dotted) is not None}
-
-
-@functools.lru_cache(maxsize=1)
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-            text=True, timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def machine_description(device: torch.device) -> dict[str, Any]:
-    described = {
-        "python": platform.python_version(),
-        "torch": str(torch.__version__),  # a str subclass that a safe checkpoint load refuses
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        described["gpu"] = torch.cuda.get_device_name(device)
-    return described
-
-
-def command_line() -> str:
-    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])

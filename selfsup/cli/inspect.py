@@ -24,7 +24,7 @@ from selfsup.models import ARCHS, build_encoder
 from selfsup.models.base import check_input_size
 from selfsup.outputs import check_output_file
 from selfsup.presets import load_preset
-from selfsup.pretext import TASKS, build_task
+from selfsup.pretext import TASKS, build_task, check_pretrain_config
 from selfsup.probes.frozen import task_from_checkpoint
 from selfsup.visualize import render_examples
 
@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> Path:
             set_dotted(values, "data.image_size", args.image_size)
         values = merge(values, parse_overrides(args.set))
         cfg = from_dict(PretrainConfig, values)
+        check_pretrain_config(cfg)
         torch.manual_seed(args.seed)
         task_cls = TASKS[task_name]
         task_cfg = task_cls.fit_to_data(from_dict(task_cls.Config, cfg.pretext, prefix="pretext."), len(splits.pretrain))

@@ -17,8 +17,7 @@ import yaml
 
 from selfsup.checkpoint import atomic_file, remove_stale_temporaries, seed_everything
 from selfsup.cli.common import (
-    Parser, add_overrides, add_trust_option, command_line, git_commit, given_overrides, machine_description,
-    user_errors_exit,
+    Parser, add_overrides, add_trust_option, given_overrides, user_errors_exit,
 )
 from selfsup.config import (
     ConfigError,
@@ -36,8 +35,9 @@ from selfsup.distributed import init_distributed, shutdown
 from selfsup.engine import CHECKPOINT_NAME
 from selfsup.outputs import RunLock, check_free_space, check_output_dir
 from selfsup.presets import load_preset
-from selfsup.pretext import TASKS, PretextTask
+from selfsup.pretext import TASKS, PretextTask, check_pretrain_config
 from selfsup.pretraining import build_pretraining, loader_workers, new_trainer
+from selfsup.provenance import command_line, git_commit, machine_description
 from selfsup.probes.knn import KnnMonitor, random_subset
 
 FLAGS: dict[str, tuple[str, type, str]] = {
@@ -99,6 +99,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         set_dotted(values, dotted, value)
     values = merge(values, set_values)
     cfg = from_dict(PretrainConfig, values)
+    check_pretrain_config(cfg)
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         sys.exit(0)

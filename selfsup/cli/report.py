@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from selfsup.checkpoint import atomic_file
-from selfsup.cli.common import Parser, command_line, user_errors_exit
+from selfsup.cli.common import Parser, user_errors_exit
+from selfsup.provenance import command_line
 from selfsup.errors import ConfigError
 from selfsup.outputs import check_output_file
 from selfsup.probes.records import load_records

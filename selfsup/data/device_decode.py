@@ -10,7 +10,6 @@ resampling differs (a box-averaged bilinear sample, `torchvision.ops.roi_align`,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -19,7 +18,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from selfsup.data.images import BadImageError, load_rgb
-from selfsup.data.loading import Batch, EpochBatchSampler, RandomCrop, crop_uniforms, training_loader
+from selfsup.data.loading import Batch, EncodedJpegs, EpochBatchSampler, RandomCrop, crop_uniforms, training_loader
 from selfsup.data.sources import FolderSource, ImageSource, IndexedSource
 
 _EXIF_ORIENTATION = 0x0112
@@ -37,17 +36,6 @@ def reads_files(source: ImageSource) -> bool:
     while isinstance(source, IndexedSource):
         source = source.base
     return isinstance(source, FolderSource)
-
-
-@dataclass
-class EncodedJpegs:
-    """The JPEGs of a batch still to decode: their bytes, crop boxes and flips, and their rows in the batch."""
-
-    data: list[torch.Tensor]  # 1-D uint8 file contents
-    boxes: torch.Tensor  # float64 k x 4 (left, top, right, bottom) in pixels of the full image
-    flips: torch.Tensor  # bool k
-    rows: torch.Tensor  # int64 k: where each goes in the batch
-    paths: list[str] = field(default_factory=list)  # for a CPU decode and for naming a bad file
 
 
 def _jpeg_header(path: str) -> tuple[int, int] | None:

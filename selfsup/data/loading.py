@@ -13,7 +13,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -23,9 +23,6 @@ from torch.utils.data import DataLoader, Dataset
 from selfsup.data.images import BadImageError
 from selfsup.data.sources import ImageSource
 from selfsup.errors import ConfigError
-
-if TYPE_CHECKING:
-    from selfsup.data.device_decode import EncodedJpegs
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +144,17 @@ class CenterCrop:
 
     def __call__(self, img: Image.Image, uniforms: Sequence[float] | None = None) -> torch.Tensor:
         return _to_uint8_tensor(self.crop_image(img, uniforms))
+
+
+@dataclass
+class EncodedJpegs:
+    """The JPEGs of a batch still to decode: their bytes, crop boxes and flips, and their rows in the batch."""
+
+    data: list[torch.Tensor]  # 1-D uint8 file contents
+    boxes: torch.Tensor  # float64 k x 4 (left, top, right, bottom) in pixels of the full image
+    flips: torch.Tensor  # bool k
+    rows: torch.Tensor  # int64 k: where each goes in the batch
+    paths: list[str] = field(default_factory=list)  # for a CPU decode and for naming a bad file
 
 
 @dataclass

@@ -14,7 +14,7 @@ from .alexnet import alexnet, alexnet_deepcluster, alexnet_jigsaw, alexnet_small
 from .base import Encoder, use_channels_last
 from .resnet import resnet18, resnet18_small, resnet50, resnet50_small
 
-__all__ = ["Encoder", "ARCHS", "build_encoder", "use_channels_last"]
+__all__ = ["Encoder", "ARCHS", "build_encoder", "check_arch", "use_channels_last"]
 
 ARCHS: dict[str, Callable[..., Encoder]] = {
     "alexnet": alexnet,
@@ -26,6 +26,12 @@ ARCHS: dict[str, Callable[..., Encoder]] = {
     "resnet18_small": resnet18_small,
     "resnet50_small": resnet50_small,
 }
+
+
+def check_arch(arch: str, field: str = "model.arch") -> None:
+    """A ConfigError naming ``field`` unless ``arch`` is the name of an architecture."""
+    if arch not in ARCHS:
+        raise ConfigError(f"{field} = {arch!r} is invalid: allowed values are {', '.join(ARCHS)}")
 
 
 def build_encoder(arch: str, *, in_channels: int = 3, width: float | None = None, pretrained: bool = False) -> Encoder:

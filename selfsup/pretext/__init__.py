@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from selfsup.config import from_dict
-from selfsup.models import Encoder
-from selfsup.errors import DataError
+from selfsup.config import PretrainConfig, from_dict
+from selfsup.errors import ConfigError, DataError
+from selfsup.models import Encoder, check_arch
 from selfsup.pretext.base import PretextTask
 from selfsup.pretext.colorization import ColorizationTask
 from selfsup.pretext.context import ContextTask
@@ -27,6 +27,16 @@ TASKS: dict[str, type[PretextTask]] = {
 }
 
 
+def check_pretrain_config(cfg: PretrainConfig) -> None:
+    """The checks a pretraining config needs the registries for: the task and architecture names, the task's
+    options (``pretext.*``) and its crop size; a ConfigError naming the field, the value and what is allowed."""
+    if cfg.task not in TASKS:
+        raise ConfigError(f"task = {cfg.task!r} is invalid: allowed values are {', '.join(TASKS)}")
+    check_arch(cfg.model.arch)
+    task_cls = TASKS[cfg.task]
+    task_cls.check_image_size(from_dict(task_cls.Config, cfg.pretext, prefix="pretext."), cfg.data.image_size)
+
+
 def build_task(name: str, encoder: Encoder, options: dict[str, Any], *, num_classes: int | None = None) -> PretextTask:
     task_cls = TASKS[name]
     cfg = from_dict(task_cls.Config, options, prefix="pretext.")
@@ -37,4 +47,4 @@ def build_task(name: str, encoder: Encoder, options: dict[str, Any], *, num_clas
     return task_cls(encoder, cfg)
 
 
-__all__ = ["TASKS", "PretextTask", "build_task"]
+__all__ = ["TASKS", "PretextTask", "build_task", "check_pretrain_config"]

@@ -29,7 +29,7 @@ from typing import Any, Iterable
 import torch
 
 from selfsup.checkpoint import atomic_file
-from selfsup.cli.common import command_line, git_commit, machine_description
+from selfsup.provenance import command_line, git_commit, machine_description
 from selfsup.errors import ConfigError, DataError
 
 RECORD_VERSION = 1
