@@ -1,4 +1,4 @@
-"""Tests for the built-in demo data set (selfsup.data.demo).
+"""Tests for the built-in demo data set (selfsup.data.demo, demo_scenes, demo_draw, demo_preview).
 
 The full set is generated twice per session (a timed reference copy, and the
 repair of a damaged copy of it, which doubles as the determinism check) and
@@ -20,8 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from selfsup.data import demo
-from selfsup.data.demo import DEMO_CLASSES, DEMO_VERSION, default_cache_dir, ensure_demo, render_preview, verify_demo
+from selfsup.data import demo, demo_scenes
+from selfsup.data.demo import DEMO_VERSION, default_cache_dir, ensure_demo, verify_demo
+from selfsup.data.demo_draw import DEMO_CLASSES
+from selfsup.data.demo_preview import render_preview
 
 GENERATION_LIMIT_S = 60.0  # the target is < 30 s on 2 cores; slack for slow CI machines
 
@@ -99,7 +101,7 @@ def test_manifest(demo_root: Path) -> None:
     assert isinstance(manifest["seed"], int)
     assert manifest["classes"] == list(DEMO_CLASSES)
     counts = manifest["classification"]["counts"]
-    assert counts == {split: {cls: n for cls in DEMO_CLASSES} for split, n in demo.CLASSIFICATION_COUNTS.items()}
+    assert counts == {split: {cls: n for cls in DEMO_CLASSES} for split, n in demo_scenes.CLASSIFICATION_COUNTS.items()}
     assert manifest["voc"]["images"] == {"train": 200, "val": 50, "test": 150, "trainval": 250}
     files = [p for p in demo_root.rglob("*") if p.is_file() and p.name != "manifest.json"]
     assert manifest["num_files"] == len(files)
@@ -180,8 +182,8 @@ def test_voc_boxes_are_tight(demo_root: Path) -> None:
     visible pixels, and no pixel the objects changed lies outside every box
     (give or take the 1-px anti-aliased fringe)."""
     for index in range(40):
-        background, placed = demo._voc_scene(index)
-        img, objects = demo.render_voc_image(index)
+        background, placed = demo_scenes._voc_scene(index)
+        img, objects = demo_scenes.render_voc_image(index)
         ann = _annotation(demo_root, f"{index + 1:06d}")
         assert [(o.name, o.box) for o in objects] == [
             (el.findtext("name"), tuple(int(el.findtext(f"bndbox/{t}")) for t in ("xmin", "ymin", "xmax", "ymax")))
@@ -189,8 +191,8 @@ def test_voc_boxes_are_tight(demo_root: Path) -> None:
         ]
         diff = np.abs(np.asarray(img, np.int16) - np.asarray(background.convert("RGB"), np.int16)).max(axis=2)
         covered = np.zeros(diff.shape, bool)
-        for obj, (_, visible, _) in zip(objects, demo._coverage(placed, *img.size)):
-            rows, cols = np.nonzero(visible > demo.BOX_ALPHA)
+        for obj, (_, visible, _) in zip(objects, demo_scenes._coverage(placed, *img.size)):
+            rows, cols = np.nonzero(visible > demo_scenes.BOX_ALPHA)
             assert obj.box == (cols.min() + 1, rows.min() + 1, cols.max() + 1, rows.max() + 1)
             x0, y0, x1, y1 = (v - 1 for v in obj.box)
             covered[max(y0 - 1, 0):y1 + 2, max(x0 - 1, 0):x1 + 2] = True
@@ -211,7 +213,7 @@ def test_two_generations_are_identical(demo_root: Path, second_root: Path) -> No
 def test_images_render_independently_of_order(demo_root: Path) -> None:
     """Each image is a pure function of its key, so generation can be split across processes."""
     for split, cls, index in [("test", DEMO_CLASSES[-1], 99), ("train", DEMO_CLASSES[0], 0), ("val", DEMO_CLASSES[3], 42)]:
-        rendered = np.asarray(demo.render_classification_image(split, cls, index))
+        rendered = np.asarray(demo_scenes.render_classification_image(split, cls, index))
         with Image.open(demo_root / "classification" / split / cls / f"{index:05d}.png") as img:
             assert np.array_equal(rendered, np.asarray(img))
 
@@ -405,7 +407,7 @@ def test_backgrounds_have_no_up_direction() -> None:
 
     features, labels = [], []
     for seed in range(600):
-        img = np.asarray(demo._background(np.random.default_rng([7, seed]), 64, 64).convert("RGB"), np.float32)
+        img = np.asarray(demo_scenes._background(np.random.default_rng([7, seed]), 64, 64).convert("RGB"), np.float32)
         turns = seed % 3  # 0: upright, 1: 90 degrees, 2: 180 degrees
         features.append(profile(np.rot90(img, k=turns)))
         labels.append(int(turns == 0))

@@ -26,11 +26,11 @@ from selfsup.transfer.frontend import input_conv
 from selfsup.pretext.deepcluster import DeepClusterConfig, DeepClusterTask
 from selfsup.pretext.jigsaw import JigsawConfig, JigsawTask
 from selfsup.models.base import freeze_layers
-from selfsup.transfer.detection import (
-    DetectionDataset,
+from selfsup.transfer.detection import lr_factor
+from selfsup.transfer.detection_data import DetectionDataset
+from selfsup.transfer.detection_model import (
     build_detector,
     freeze_batchnorm,
-    lr_factor,
     pretext_fc,
     rescale_backbone,
     resolve_backbone,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from selfsup.data.demo import DEMO_CLASSES
+from selfsup.data.demo_draw import DEMO_CLASSES
 from selfsup.data.images import BadImageError
 from selfsup.data.sources import DataError, ImageSource
 from selfsup.data.voc import open_voc, resolve_voc_root, voc_classes

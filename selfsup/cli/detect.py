@@ -5,7 +5,7 @@
     ssl-detect --checkpoint random --arch alexnet_small                    # the random-initialisation row
     ssl-detect --checkpoint runs/r18/last.pt --backbone c4 --freeze res2   # ResNet C4 (default: FPN)
 
-Backbones, heads and anchors: see `selfsup.transfer.detection`. The encoder is fed what probes and
+Backbones, heads and anchors: see `selfsup.transfer.detection_model`. The encoder is fed what probes and
 fine-tuning feed it, its task's evaluation input mapping (``eval_input``): either folded into conv1 so that
 it takes ImageNet-normalised RGB (``--frontend fold``; colorization's L, DeepCluster's Sobel, context's kept
 green channel under colour dropping; see `selfsup.transfer.frontend`, which refuses a mapping no conv
@@ -55,29 +55,25 @@ from selfsup.pretext import TASKS
 from selfsup.probes.bn import named_batchnorms
 from selfsup.probes.frozen import FrozenEncoder, load_frozen
 from selfsup.probes.records import SELECTION_SPLITS, check_selection, finish_record, new_record, write_record
-from selfsup.transfer.detection import (
+from selfsup.transfer.detection import draw_detections, fit, lr_factor, scores_entry
+from selfsup.transfer.detection_data import DetectionDataset, collate_items
+from selfsup.transfer.detection_model import (
     BACKBONES,
     FC_DIM,
     MAX_SIZE,
     MIN_SIZE,
-    DetectionDataset,
     PretextFC,
     build_detector,
-    collate_items,
-    draw_detections,
-    evaluate,
     freeze_batchnorm,
     is_alexnet,
-    lr_factor,
     pretext_fc,
     reestimate_backbone_bn,
     rescale_backbone,
     resolve_backbone,
-    train_one_epoch,
 )
 from selfsup.models.base import check_input_size, freeze_layers
 from selfsup.transfer.frontend import fold_input_mapping
-from selfsup.transfer.voc_eval import DetectionScores, format_ap_table
+from selfsup.transfer.voc_eval import format_ap_table
 
 EVAL_BATCH = 8
 BN_STATS_CHOICES = ("train", "checkpoint")
@@ -240,18 +236,6 @@ def bn_stats_step(args: argparse.Namespace, model: torch.nn.Module, encoder: Enc
     return entry
 
 
-def _percent(value: float | None) -> float | None:
-    return None if value is None else round(100.0 * value, 2)
-
-
-def scores_entry(scores: DetectionScores, classes: list[str], split: str, per_class: bool) -> dict[str, Any]:
-    entry: dict[str, Any] = {f"{split}_mAP": _percent(scores.mean["voc07"]), f"{split}_mAP_area": _percent(scores.mean["area"])}
-    if per_class:
-        entry[f"{split}_AP"] = {name: _percent(ap) for name, ap in zip(classes, scores.ap["voc07"])}
-        entry[f"{split}_AP_area"] = {name: _percent(ap) for name, ap in zip(classes, scores.ap["area"])}
-    return entry
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     check_args(args)
@@ -315,30 +299,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           file=sys.stderr)
 
     selection = args.selection_split
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    for epoch in range(args.epochs):
-        epoch_started = time.perf_counter()
-        sampler.set_epoch(epoch)
-        stats = train_one_epoch(model, train_loader, optimizer, scheduler, device, f"epoch {epoch + 1}/{args.epochs}", bad.add)
-        entry: dict[str, Any] = {"epoch": epoch + 1, **stats}
-        if (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs:
-            scores = evaluate(model, eval_loaders[selection], splits[selection], device, selection, bad.add)[0]
-            entry.update(scores_entry(scores, classes, selection, per_class=False))
-            if best is None or (scores.mean["voc07"] or 0.0) > (best["scores"].mean["voc07"] or 0.0):
-                state = {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()}
-                best = {"epoch": epoch + 1, "scores": scores, "state": state}
-        entry["seconds"] = round(time.perf_counter() - epoch_started, 1)
-        history.append(entry)
-        shown = f", {selection} mAP {entry[f'{selection}_mAP']}" if f"{selection}_mAP" in entry else ""
-        print(f"epoch {epoch + 1}/{args.epochs}: loss {stats.get('loss', float('nan')):.4f}{shown}, "
-              f"{stats['images_per_s']:.1f} img/s, {entry['seconds']} s", file=sys.stderr)
-
-    model.load_state_dict(best["state"])
-    other = "test" if selection == "val" else "val"
-    other_scores, indices, detections = evaluate(model, eval_loaders[other], splits[other], device, other, bad.add)
-    scores = {selection: best["scores"], other: other_scores}
-    result: dict[str, Any] = {"best_epoch": best["epoch"]}
+    fitted = fit(model, train_loader, eval_loaders, splits, optimizer, scheduler, epochs=args.epochs,
+                 eval_every=args.eval_every, selection=selection, device=device, on_bad=bad.add)
+    scores = fitted.scores
+    result: dict[str, Any] = {"best_epoch": fitted.best_epoch}
     for role in ("val", "test"):
         result.update(scores_entry(scores[role], classes, role, per_class=role == "test"))
 
@@ -378,16 +342,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         selection_split=selection,
         force_test_selection=args.force_test_selection,
     )
-    test_indices, test_detections = ((indices, detections) if other == "test"
-                                     else evaluate(model, eval_loaders["test"], splits["test"], device, "test", bad.add)[1:])
     figure_path = out_path.with_suffix(".png") if args.figure is None else args.figure
-    figure = draw_detections(splits["test"], test_indices, test_detections, figure_path)
+    figure = draw_detections(splits["test"], fitted.test_indices, fitted.test_detections, figure_path)
     # image_size: the test-time short side, the key tables use to pair a row with its random baseline
-    record.update(layers={backbone: result}, history=history, figure=str(figure), image_size=args.min_size,
+    record.update(layers={backbone: result}, history=fitted.history, figure=str(figure), image_size=args.min_size,
                   trainable_parameters=sum(p.numel() for p in trainable), bad_files_skipped=bad.count)
     finish_record(record, started=started, device=device)
     out = write_record(record, out_path)
-    print(f"detection: {frozen.name} ({arch}), Faster R-CNN {backbone}, data {args.data}, best epoch {best['epoch']} of "
+    print(f"detection: {frozen.name} ({arch}), Faster R-CNN {backbone}, data {args.data}, best epoch {fitted.best_epoch} of "
           f"{args.epochs} on {selection}")
     print(format_ap_table(scores["test"], classes))
     print(f"val mAP {result['val_mAP']} (area {result['val_mAP_area']}), test mAP {result['test_mAP']} "
