@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from selfsup.provenance import command_line, git_commit, machine_description
-from selfsup.pretext.clustering import faiss_available, kmeans, l2_normalize, nmi, pca_whiten
+from selfsup.clustering import faiss_available, kmeans, l2_normalize, nmi, pca_whiten
 
 
 def synthetic_features(n: int, dim: int, k: int, seed: int) -> np.ndarray:

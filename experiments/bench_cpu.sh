@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every ssl-bench measure on this machine's CPU, as committed in experiments/results/bench_*.md (records in
-# experiments/records/bench/). About 25 minutes on 2 cores; run it with the machine otherwise idle.
+# experiments/records/bench/). About 40 minutes on 2 cores; run it with the machine otherwise idle.
 #
 #   bash experiments/bench_cpu.sh
 set -euo pipefail
@@ -10,7 +10,7 @@ records=experiments/records/bench
 results=experiments/results
 mkdir -p "$records"
 
-ssl-bench pipeline --task all --steps 64 --rounds 8 --json "$records/pipeline.json" --table "$results/bench_pipeline.md"
+ssl-bench pipeline --task all --steps 192 --rounds 12 --json "$records/pipeline.json" --table "$results/bench_pipeline.md"
 ssl-bench data --json "$records/data.json" --table "$results/bench_data.md"
 ssl-bench probe --rounds 2 --json "$records/probe.json" --table "$results/bench_probe.md"
 # DeepCluster reclustering every epoch, in the steady state (the first epoch untimed: it decodes the views

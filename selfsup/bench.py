@@ -106,7 +106,7 @@ class _Batches:
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
-        self.relabel = getattr(trainer.model, "batch_labels", None)
+        self.relabel = trainer.model.batch_labels if trainer.model.relabels_batches else None
         self.iterator: Iterator | None = None
         self.epoch = 0
         self.prepare_seconds: list[float] = []  # the task's preparation of each epoch started (e.g. clustering)

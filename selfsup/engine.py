@@ -1,13 +1,7 @@
-"""The training loop shared by every pretext task. It knows nothing about any task: a task is an
-``nn.Module`` whose forward maps ``(images, labels, generator)`` to a dict holding ``loss`` and
-scalar metrics, and may offer:
-
-- ``example_images(images, generator)`` for TensorBoard;
-- ``prepare_epoch(context: EpochContext) -> EpochPlan`` called before every epoch (and again when a
-  run resumes inside one), for epoch-level steps such as clustering the whole dataset; the plan may
-  fix the epoch's sampling order and adds metrics to the epoch's log;
-- ``batch_labels(indices, labels)`` to replace a batch's labels (e.g. by pseudo-labels) from the
-  source indices of its images.
+"""The training loop shared by every pretext task. It knows nothing about any task: it asks the task what
+``selfsup.pretext.base.PretextTask`` declares (``forward(images, labels, generator)`` to a dict holding ``loss``
+and scalar metrics, ``takes_uint8``, ``example_images`` for TensorBoard, the epoch hook ``prepare_epoch`` and,
+where ``relabels_batches``, ``batch_labels``), never which task it is.
 
 A kNN monitor (``selfsup.probes.knn.KnnMonitor``, built by the caller from the encoder and the
 task's input mapping) may measure the encoder every ``train.knn_every`` epochs.
@@ -21,14 +15,13 @@ budget overshoots by at most one step (or one epoch's end); the lr schedule is f
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ContextManager, Protocol
 
@@ -42,9 +35,10 @@ from selfsup.checkpoint import atomic_file, atomic_save, load_checkpoint, nonfin
 from selfsup.config import FIXED_ON_RESUME, RESUMABLE_CHANGES, OptimConfig, TrainConfig, config_differences
 from selfsup.data.device_decode import batch_images, device_decode_loader
 from selfsup.data.images import unit_float
-from selfsup.data.loading import Batch, BadFileLog, EpochBatchSampler, ViewCache, eval_loader, train_loader
-from selfsup.data.sources import ImageSource, IndexedSource
+from selfsup.data.loading import Batch, BadFileLog, EpochBatchSampler, ViewCache, train_loader
+from selfsup.data.sources import ImageSource
 from selfsup.distributed import DistInfo, all_reduce_sum
+from selfsup.epoch import EpochContext, EpochPlan, autocast_context
 from selfsup.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
 from selfsup.optim import build_optimizer, build_scheduler
 
@@ -70,13 +64,6 @@ VIEW_CACHE_BYTES = 2 * 2**30
 clock = time.perf_counter
 
 
-def autocast_context(precision: str, device: torch.device):
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if not use_bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
 def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
     """Randomness of on-device pretext inputs, reproducible per (seed, step, rank) across resumes."""
     gen = torch.Generator(device=device)
@@ -94,77 +81,6 @@ def seed_step(seed: int, step: int, rank: int) -> None:
     (seed, step, rank) alone, not on whatever drew from those generators before (a resume that rebuilds
     the data loader, a clustering pass), so a resumed run repeats the uninterrupted one exactly."""
     torch.manual_seed((seed * 1_000_003 + step) * 64 + rank + GLOBAL_STREAM_OFFSET)
-
-
-@dataclass
-class EpochPlan:
-    """A task's answer to ``prepare_epoch``: the epoch's sampling order (source indices, identical on
-    every process; None = a plain shuffle) and metrics to log for the epoch."""
-
-    order: torch.Tensor | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class EpochContext:
-    """What ``prepare_epoch`` may use: the whole training source seen through ``feature_view`` (no
-    random augmentation), this process's place in the job, and a way to drop optimiser state."""
-
-    epoch: int
-    device: torch.device
-    dist: DistInfo
-    source: ImageSource
-    feature_view: Callable
-    batch_size: int  # per process
-    workers: int
-    precision: str
-    seed: int
-    reset_optimizer_state: Callable[[Iterable[nn.Parameter]], None]
-    view_cache: ViewCache | None = None  # decoded feature views kept from earlier passes (see ViewCache)
-
-    def shard_batches(self, indices: Sequence[int] | None = None) -> Iterator[Batch]:
-        """This process's share of the source (every ``world_size``-th index from ``rank``; of ``indices`` only
-        when given), in order; images as uint8 on the CPU, ``Batch.indices`` says which source index each one is.
-        Views decoded by an earlier pass come from ``view_cache``: the same tensors, without decoding again."""
-        wanted = range(len(self.source)) if indices is None else indices
-        shard = list(wanted[self.dist.rank :: self.dist.world_size])
-        if self.view_cache is not None and self.view_cache.holds(shard):
-            yield from self.view_cache.batches(shard, self.batch_size)
-            return
-        loader = eval_loader(IndexedSource(self.source, shard, "shard"), self.feature_view, batch_size=self.batch_size,
-                             workers=self.workers, pin_memory=self.device.type == "cuda")
-        # a pass over a large set takes minutes: show it, like the training steps
-        bar = tqdm(total=len(shard), desc=f"epoch {self.epoch + 1}: pass over the data", unit="img", leave=False,
-                   disable=not self.dist.is_main, mininterval=0.5 if sys.stderr.isatty() else 30.0)
-        with bar:
-            for batch in loader:
-                batch.indices = torch.as_tensor(shard)[batch.indices]
-                if self.view_cache is not None:
-                    self.view_cache.add(batch)
-                bar.update(len(batch.indices))
-                yield batch
-
-    def autocast(self):
-        return autocast_context(self.precision, self.device)
-
-    def gather_rows(self, rows: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """Every process's ``rows`` (one per source index in ``indices``) on every process, in index
-        order: the result does not depend on how the source was sharded."""
-        rows, indices = rows.cpu(), indices.cpu()
-        if self.dist.enabled:
-            parts: list[Any] = [None] * self.dist.world_size
-            dist.all_gather_object(parts, (rows, indices))
-            rows = torch.cat([part[0] for part in parts])
-            indices = torch.cat([part[1] for part in parts])
-        return rows[torch.argsort(indices)]
-
-    def broadcast(self, value: Any) -> Any:
-        """Rank 0's ``value`` on every process."""
-        if not self.dist.enabled:
-            return value
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
 
 
 @dataclass
@@ -453,17 +369,12 @@ class Trainer:
     # ---------------------------------------------------------------- training
     def plan_epoch(self) -> EpochPlan:
         """The task's preparation of the current epoch (``prepare_epoch``), or a plain shuffle's plan."""
-        hook = getattr(self.model, "prepare_epoch", None)
-        if hook is None:
-            return EpochPlan()
-        if self.feature_view is None:
-            raise ValueError(f"{type(self.model).__name__} prepares its epochs, but the Trainer got no feature_view")
         context = EpochContext(
             epoch=self.epoch, device=self.device, dist=self.dist, source=self.source, feature_view=self.feature_view,
             batch_size=self.sampler.local_batch, workers=self.workers, precision=self.cfg.precision,
             seed=self.cfg.seed, reset_optimizer_state=self._reset_optimizer_state, view_cache=self.view_cache,
         )
-        plan = hook(context)
+        plan = self.model.prepare_epoch(context) or EpochPlan()
         # A run resumed inside an epoch keeps that epoch's metrics from the checkpoint when the hook
         # had nothing to redo (e.g. DeepCluster reuses its saved assignment).
         if plan.metrics or self.step_in_epoch == 0:
@@ -552,7 +463,7 @@ class Trainer:
         self._open_writer()
         interactive = sys.stderr.isatty()
         run_start_step = self.global_step
-        relabel = getattr(self.model, "batch_labels", None)
+        relabel = self.model.batch_labels if self.model.relabels_batches else None
         # a resumed run may have nothing left: its epochs done or its budget spent
         self.ended_by = self._budget_ended(self.step_elapsed)
         while self.ended_by is None:

@@ -35,7 +35,7 @@ def build_pretraining(cfg: PretrainConfig, *, workers: int = 0) -> Pretraining:
     task_cls = TASKS[cfg.task]
     splits = open_splits(cfg.data.data, cfg.data.data_root, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed,
                          layout=cfg.data.layout)
-    source = splits.train if getattr(task_cls, "needs_labels", False) else splits.pretrain
+    source = splits.train if task_cls.needs_labels else splits.pretrain
     if source is None:
         raise DataError(f"task {cfg.task} needs labelled data, but {cfg.data.data} has no class sub-folders")
     if cfg.data.decoded_cache_gb > 0:

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from selfsup.pretext import clustering
-from selfsup.pretext.clustering import (
+from selfsup import clustering
+from selfsup.clustering import (
     KMeansResult,
     faiss_available,
     kmeans,
@@ -198,7 +198,7 @@ def test_kmeans_rejects_k_larger_than_the_number_of_samples():
 
 
 def test_faiss_setup_advice_names_the_fix(monkeypatch):
-    from selfsup.pretext import clustering
+    from selfsup import clustering
 
     assert clustering.faiss_setup_advice(cuda_available=False) is None
     monkeypatch.setattr(clustering, "faiss_gpu_available", lambda: False)

@@ -8,7 +8,7 @@ from selfsup.config import ConfigError, PretrainConfig, from_dict
 from selfsup.diagnose.solvers import counting_colour_solver
 from selfsup.models import build_encoder
 from selfsup.pretext import TASKS, build_task, check_pretrain_config
-from selfsup.pretext.base import IMAGENET_MEAN, IMAGENET_STD, normalize_rgb
+from selfsup.models.normalization import IMAGENET_MEAN, IMAGENET_STD, normalize_rgb
 from selfsup.pretext.counting import (
     FILTERS,
     CountingConfig,

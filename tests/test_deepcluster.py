@@ -17,7 +17,7 @@ from selfsup.config import ConfigError, from_dict
 from selfsup.data.loading import CenterCrop
 from selfsup.data.sources import open_splits
 from selfsup.distributed import DistInfo
-from selfsup.engine import EpochContext
+from selfsup.epoch import EpochContext
 from selfsup.models import build_encoder
 from selfsup.probes.frozen import load_frozen
 from selfsup.pretext.deepcluster import DeepClusterConfig, DeepClusterTask, auto_num_clusters, sobel_input
@@ -197,14 +197,14 @@ def test_reuse_features_resumes_to_the_same_tensors_and_is_refused_under_torchru
 
 
 def test_feature_views_decoded_once_are_served_from_memory_with_the_same_tensors(tiny_folder, monkeypatch):
-    import selfsup.engine as engine
+    import selfsup.epoch as epoch
     from selfsup.data.loading import ViewCache
 
     task, context = _task_and_context(tiny_folder)
     context.view_cache = ViewCache(len(context.source), 2**30)
     decoded = list(context.shard_batches())
     calls = []
-    monkeypatch.setattr(engine, "eval_loader", lambda *args, **kwargs: calls.append(1) or [])
+    monkeypatch.setattr(epoch, "eval_loader", lambda *args, **kwargs: calls.append(1) or [])
     cached = list(context.shard_batches())
     assert calls == []  # nothing decoded the second time
     assert torch.equal(torch.cat([b.images for b in cached]), torch.cat([b.images for b in decoded]))

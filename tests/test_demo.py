@@ -361,9 +361,12 @@ def test_stale_temp_folders_are_cleaned(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SELFSUP_DEMO_DIR", str(tmp_path / "explicit"))
+    monkeypatch.setenv("SELFSUP_CACHE_DIR", str(tmp_path / "root"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_dir() == tmp_path / "explicit"
     monkeypatch.delenv("SELFSUP_DEMO_DIR")
+    assert default_cache_dir() == tmp_path / "root"  # the one cache root of everything selfsup rebuilds
+    monkeypatch.delenv("SELFSUP_CACHE_DIR")
     assert default_cache_dir() == tmp_path / "xdg" / "selfsup"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

@@ -19,7 +19,7 @@ from selfsup.cli.detect import main
 from selfsup.data.voc import open_voc
 from selfsup.models import build_encoder
 from selfsup.pretext import build_task
-from selfsup.pretext.base import IMAGENET_MEAN, IMAGENET_STD
+from selfsup.models.normalization import IMAGENET_MEAN, IMAGENET_STD
 from selfsup.pretext.context import normalize_per_patch
 from selfsup.probes.bn import bn_statistics, reestimate_bn_statistics
 from selfsup.transfer.frontend import input_conv
@@ -31,7 +31,6 @@ from selfsup.transfer.detection_data import DetectionDataset
 from selfsup.transfer.detection_model import (
     build_detector,
     freeze_batchnorm,
-    pretext_fc,
     rescale_backbone,
     resolve_backbone,
 )
@@ -217,7 +216,7 @@ def test_box_head_starts_from_pretext_fc_layers():
     torch.manual_seed(0)
     encoder = build_encoder("alexnet_small", in_channels=2)
     task = DeepClusterTask(encoder, DeepClusterConfig(num_clusters=10, mlp_dim=32, head_pool=3)).eval()
-    model, parts = build_detector(encoder, len(CLASSES), min_size=64, max_size=96, pretext=pretext_fc(task))
+    model, parts = build_detector(encoder, len(CLASSES), min_size=64, max_size=96, pretext=task.detector_fc())
     head = model.roi_heads.box_head.module
     assert torch.equal(head.fc6.weight, task.features[2].weight) and torch.equal(head.fc7.bias, task.features[5].bias)
     assert "fc6 + fc7 from the checkpoint's deepcluster" in parts["box_head"]
@@ -228,7 +227,7 @@ def test_box_head_starts_from_pretext_fc_layers():
     with torch.no_grad():
         jigsaw.fc6[1].running_mean.uniform_(-1, 1)
         jigsaw.fc6[1].running_var.uniform_(0.5, 2)
-    fc = pretext_fc(jigsaw)
+    fc = jigsaw.detector_fc()
     x = torch.randn(5, fc.layers[0].in_features)
     with torch.no_grad():
         torch.testing.assert_close(fc.layers[0](x), jigsaw.fc6[1](jigsaw.fc6[0](x)))

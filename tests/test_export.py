@@ -16,7 +16,7 @@ from selfsup.cli.export import main as export_main
 from selfsup.errors import CheckpointError
 from selfsup.cli.pretrain import main as pretrain_main
 from selfsup.models import build_encoder
-from selfsup.pretext.base import normalize_rgb
+from selfsup.models.normalization import normalize_rgb
 from selfsup.pretext.deepcluster import sobel_input
 from selfsup.transfer.export import detectron2_key, export_backbone, load_exported, load_pretrained
 from conftest import one_error_line

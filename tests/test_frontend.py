@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from selfsup.errors import ConfigError
 from selfsup.models import build_encoder
 from selfsup.pretext import build_task
-from selfsup.pretext.base import IMAGENET_MEAN, normalize_rgb
+from selfsup.models.normalization import IMAGENET_MEAN, normalize_rgb
 from selfsup.pretext.context import normalize_per_patch
 from selfsup.pretext.colorization import rgb_to_lab
 from selfsup.pretext.deepcluster import sobel_input

@@ -13,8 +13,8 @@ from selfsup.data.loading import CenterCrop
 from selfsup.data.sources import open_splits
 from selfsup.errors import ConfigError
 from selfsup.models import build_encoder
-from selfsup.pretext.base import normalize_rgb
-from selfsup.pretext.clustering import faiss_available
+from selfsup.models.normalization import normalize_rgb
+from selfsup.clustering import faiss_available
 from selfsup.probes.knn import KnnMonitor, knn_accuracy, knn_predict, select_k, topk_accuracy
 
 BACKENDS = [

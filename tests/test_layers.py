@@ -13,8 +13,8 @@ FLOORS: dict[str, int] = {
     # things every floor may use: errors, config values, encoders, images and loaders, files, provenance
     "selfsup": 1, "selfsup.errors": 1, "selfsup.config": 1, "selfsup.models": 1, "selfsup.data": 1,
     "selfsup.checkpoint": 1, "selfsup.distributed": 1, "selfsup.outputs": 1, "selfsup.optim": 1,
-    "selfsup.presets": 1, "selfsup.provenance": 1,
-    "selfsup.engine": 2,  # the training loop: knows no task
+    "selfsup.presets": 1, "selfsup.provenance": 1, "selfsup.clustering": 1,
+    "selfsup.engine": 2, "selfsup.epoch": 2,  # the training loop (knows no task); what epoch hooks may use of it
     "selfsup.pretext": 3, "selfsup.pretraining": 3, "selfsup.bench": 3,  # tasks, and runs built from them
     "selfsup.probes": 4, "selfsup.diagnose": 4, "selfsup.visualize": 4,  # evaluation of encoders and tasks
     "selfsup.transfer": 5, "selfsup.probes.report": 5,  # transfer, and tables of every kind of record
@@ -112,3 +112,28 @@ def test_the_checks_see_imports_hidden_in_functions_type_checking_blocks_and_rel
     graph = import_graph(package)
     assert upward_imports(graph) == ["selfsup.engine (floor 2) imports selfsup.cli.common (floor 6)"]
     assert find_circle(graph) == ["selfsup.data.a", "selfsup.data.b", "selfsup.data.a"]
+
+
+def test_no_module_outside_the_tasks_names_a_task_class():
+    """The engine, loaders, checkpoints, probes and transfer ask a task what PretextTask declares; only pretext/
+    (and diagnose/, whose trivial solvers are per task by design) import a task's class."""
+    named = []
+    for path in PACKAGE.rglob("*.py"):
+        name = module_name(path, PACKAGE)
+        if name.startswith(("selfsup.pretext", "selfsup.diagnose")):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("selfsup.pretext"):
+                named += [f"{name} imports {alias.name}" for alias in node.names
+                          if alias.name.endswith("Task") and alias.name != "PretextTask"]
+    assert not named, "\n".join(named)
+
+
+def test_every_task_declares_its_evaluation_input():
+    from selfsup.config import from_dict
+    from selfsup.pretext import TASKS
+    from selfsup.pretext.base import KEPT_CHANNEL, LIGHTNESS, PER_IMAGE, RGB, SOBEL
+
+    kinds = {name: task.input_kind(from_dict(task.Config, {}, prefix="pretext.")) for name, task in TASKS.items()}
+    assert set(kinds.values()) <= {RGB, PER_IMAGE, SOBEL, LIGHTNESS, KEPT_CHANNEL}
+    assert kinds["colorization"] == LIGHTNESS and kinds["deepcluster"] == SOBEL and kinds["rotation"] == RGB

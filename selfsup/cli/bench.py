@@ -42,7 +42,7 @@ from selfsup.provenance import command_line, git_commit, machine_description
 from selfsup.pretext import TASKS
 from selfsup.probes.records import write_record
 
-PRETEXT_TASKS = [name for name in TASKS if not getattr(TASKS[name], "needs_labels", False)]
+PRETEXT_TASKS = [name for name in TASKS if not TASKS[name].needs_labels]
 # what a pipeline measure may change; the rest (budgets, output, resume) means nothing to a benchmark
 PIPELINE_FLAGS = {flag: FLAGS[flag] for flag in (
     "--arch", "--width", "--data", "--data-root", "--image-size", "--workers", "--batch-size", "--precision",

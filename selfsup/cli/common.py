@@ -72,6 +72,8 @@ def user_errors_exit(main: Callable[..., int]) -> Callable[..., int]:
     @functools.wraps(main)
     def wrapper(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        # faiss's loader reports at INFO which CPU build it tried, failures included: noise that reads as errors
+        logging.getLogger("faiss").setLevel(logging.WARNING)
         given = sys.argv[1:] if argv is None else list(argv)
         debug = "--debug" in given or bool(os.environ.get("SELFSUP_DEBUG"))
         try:

@@ -62,16 +62,15 @@ from selfsup.transfer.detection_model import (
     FC_DIM,
     MAX_SIZE,
     MIN_SIZE,
-    PretextFC,
     build_detector,
     freeze_batchnorm,
     is_alexnet,
-    pretext_fc,
     reestimate_backbone_bn,
     rescale_backbone,
     resolve_backbone,
 )
 from selfsup.models.base import check_input_size, freeze_layers
+from selfsup.pretext.base import PretextFC
 from selfsup.transfer.frontend import fold_input_mapping
 from selfsup.transfer.voc_eval import format_ap_table
 
@@ -182,7 +181,7 @@ def pretext_head(frozen: FrozenEncoder) -> PretextFC | None:
     """fc6/fc7 of the checkpoint's pretext head, for the AlexNet box head (DeepCluster and Jigsaw only)."""
     if frozen.task is None or not is_alexnet(frozen.encoder):
         return None
-    return pretext_fc(frozen.task)
+    return frozen.task.detector_fc()
 
 
 def prepare_encoder(args: argparse.Namespace, frozen: FrozenEncoder) -> tuple[Encoder, Callable | None, str]:

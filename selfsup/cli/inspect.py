@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> Path:
         task_cls = TASKS[task_name]
         task_cfg = task_cls.fit_to_data(from_dict(task_cls.Config, cfg.pretext, prefix="pretext."), len(splits.pretrain))
         encoder = build_encoder(cfg.model.arch, in_channels=task_cls.encoder_channels(task_cfg), width=cfg.model.width)
-        if getattr(task_cls, "needs_labels", False) and splits.train is None:
+        if task_cls.needs_labels and splits.train is None:
             raise DataError(f"--task {task_name} needs labelled data (class sub-folders); {args.data} has none")
         num_classes = None if splits.train is None else len(splits.train.classes)
         task = build_task(task_name, encoder, dataclasses.asdict(task_cfg), num_classes=num_classes)

@@ -41,7 +41,7 @@ from selfsup.config import DataConfig, ModelConfig
 from selfsup.data.loading import BadFileLog, CenterCrop, EpochBatchSampler, RandomCrop, eval_loader, train_loader
 from selfsup.data.sources import DataError, ImageSource, IndexedSource, open_splits, stratified_subset
 from selfsup.distributed import pick_device
-from selfsup.engine import autocast_context
+from selfsup.epoch import autocast_context
 from selfsup.errors import ConfigError
 from selfsup.models import ARCHS, use_channels_last
 from selfsup.models.base import check_input_size

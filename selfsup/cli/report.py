@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chart", default=None, help="PNG of per-layer accuracy per method (default: next to --out)")
     parser.add_argument("--title", default="Frozen-encoder evaluation", help="heading of the report")
     parser.add_argument("--published", action="store_true",
-                        help="add the published AlexNet/ImageNet rows of SPEC.md, labelled as such")
+                        help="add the published AlexNet/ImageNet rows (the papers' numbers), labelled as such")
     parser.add_argument("--description", default=None, help="a paragraph under the title (data, splits, budget)")
     parser.add_argument("--order", default="", help="comma-separated methods in row order, e.g. rotation,jigsaw")
     parser.add_argument("--notes", default=None, help="markdown file appended to the report (hand-written reading)")

@@ -39,6 +39,7 @@ import numpy as np
 import PIL
 from PIL import Image
 
+from selfsup.data import cache_root
 from selfsup.data.demo_draw import DEMO_CLASSES
 from selfsup.data.demo_preview import render_preview
 from selfsup.data.demo_scenes import (
@@ -211,12 +212,10 @@ def _generate(root: Path, workers: int) -> None:
 
 
 def default_cache_dir() -> Path:
-    """$SELFSUP_DEMO_DIR, else $XDG_CACHE_HOME/selfsup, else ~/.cache/selfsup."""
+    """$SELFSUP_DEMO_DIR, else the cache root (`selfsup.data.cache_root`)."""
     if os.environ.get("SELFSUP_DEMO_DIR"):
         return Path(os.environ["SELFSUP_DEMO_DIR"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "selfsup"
-    return Path.home() / ".cache" / "selfsup"
+    return cache_root()
 
 
 def verify_demo(path: str | Path) -> bool:
@@ -270,7 +269,12 @@ def ensure_demo(cache_dir: str | Path | None = None, *, force: bool = False) -> 
     tmp.mkdir()
     try:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        # about a minute of silence otherwise: say what is happening, once per machine
+        print(f"generating the demo data set in {target} (once; about a minute on 2 cores) ...", file=sys.stderr,
+              flush=True)
+        started = time.perf_counter()
         _generate(tmp, workers=min(2, cpus))
+        print(f"demo data set ready ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
         if os.path.lexists(target) and (force or not verify_demo(target)):
             trash = root / f".{DEMO_VERSION}.old-{uuid.uuid4().hex}"
             try:
@@ -297,7 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--cache-dir", type=Path, default=None,
-        help="where the versioned folder lives (default: $SELFSUP_DEMO_DIR, $XDG_CACHE_HOME/selfsup or ~/.cache/selfsup)",
+        help="where the versioned folder lives (default: $SELFSUP_DEMO_DIR, else $SELFSUP_CACHE_DIR, $XDG_CACHE_HOME/selfsup "
+             "or ~/.cache/selfsup)",
     )
     parser.add_argument("--force", action="store_true", help="regenerate even if the cache verifies")
     parser.add_argument("--preview", type=Path, default=None, help="write a PNG contact sheet here")

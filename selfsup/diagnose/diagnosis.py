@@ -59,7 +59,7 @@ from selfsup.outputs import check_output_file
 from selfsup.presets import load_preset
 from selfsup.pretext import TASKS, PretextTask, build_task
 from selfsup.pretext.base import Examples
-from selfsup.pretext.clustering import nmi
+from selfsup.clustering import nmi
 from selfsup.pretext.colorization import non_gray, rgb_to_lab
 from selfsup.pretext.counting import NUM_TILES as COUNT_TILES
 from selfsup.pretext.counting import counting_loss

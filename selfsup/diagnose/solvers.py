@@ -30,7 +30,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import Tensor
 
-from selfsup.pretext.clustering import kmeans, nmi
+from selfsup.clustering import kmeans, nmi
 from selfsup.pretext.colorization import (
     ColorizationConfig,
     bin_accuracy,
@@ -447,7 +447,7 @@ def deepcluster_histogram_solver(
     DeepCluster's Sobel front-end removes.
 
     ``num_clusters`` defaults to the number of distinct known entries of ``assignment``. The project's
-    :func:`~selfsup.pretext.clustering.kmeans` with k-means++ seeding; scikit-learn by default, whose
+    :func:`~selfsup.clustering.kmeans` with k-means++ seeding; scikit-learn by default, whose
     k-means++ needs no recent faiss. ``chance`` is the NMI of the same clusters with ``assignment`` shuffled
     (NMI is biased above 0 for finitely many samples).
     """

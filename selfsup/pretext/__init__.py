@@ -40,7 +40,7 @@ def check_pretrain_config(cfg: PretrainConfig) -> None:
 def build_task(name: str, encoder: Encoder, options: dict[str, Any], *, num_classes: int | None = None) -> PretextTask:
     task_cls = TASKS[name]
     cfg = from_dict(task_cls.Config, options, prefix="pretext.")
-    if getattr(task_cls, "needs_labels", False):
+    if task_cls.needs_labels:
         if not num_classes:
             raise DataError(f"task {name} needs labelled data (class sub-folders, or a labelled dataset)")
         return task_cls(encoder, cfg, num_classes)

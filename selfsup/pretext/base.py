@@ -8,17 +8,46 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from selfsup.epoch import EpochContext, EpochPlan
 from selfsup.models import Encoder
+from selfsup.models.normalization import normalize_rgb
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# What a task feeds its encoder at evaluation (``eval_input``), named so that transfer can rebuild it as a conv on
+# ImageNet-normalised RGB (selfsup.transfer.frontend).
+RGB, PER_IMAGE, SOBEL, LIGHTNESS = "rgb", "per-image standardised rgb", "sobel", "lab-L"
+# context's colour-drop evaluation input with patch_norm: one standardised channel, the other two zero
+KEPT_CHANNEL = "one per-image standardised channel, two zero channels"
 
 
-def normalize_rgb(images: Tensor) -> Tensor:
-    """[0, 1] RGB batch -> ImageNet-normalised batch (on the batch's device)."""
-    mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (images - mean) / std
+@dataclass
+class PretextFC:
+    """fc layers of a pretext head that can start a detector's box head: fc6 reads a ``grid x grid`` pooled map."""
+
+    grid: int
+    layers: list[nn.Linear]
+    source: str
+
+
+def _fold_batchnorm1d(linear: nn.Linear, norm: nn.BatchNorm1d) -> nn.Linear:
+    # eval-mode BatchNorm after a linear layer is itself affine: fold it into the layer's weight and bias
+    folded = nn.Linear(linear.in_features, linear.out_features)
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    bias = linear.bias if linear.bias is not None else torch.zeros_like(norm.running_mean)
+    with torch.no_grad():
+        folded.weight.copy_(linear.weight * scale[:, None])
+        folded.bias.copy_((bias - norm.running_mean) * scale + norm.bias)
+    return folded
+
+
+def linear_layers(block: nn.Sequential) -> list[nn.Linear]:
+    """The linear layers of a Linear [-> BatchNorm1d] -> ReLU... block, BatchNorms folded in."""
+    layers: list[nn.Linear] = []
+    modules = list(block)
+    for position, module in enumerate(modules):
+        if isinstance(module, nn.Linear):
+            following = modules[position + 1] if position + 1 < len(modules) else None
+            layers.append(_fold_batchnorm1d(module, following) if isinstance(following, nn.BatchNorm1d) else module)
+    return layers
 
 
 def accuracy(logits: Tensor, targets: Tensor) -> Tensor:
@@ -41,6 +70,11 @@ class PretextTask(nn.Module):
     RGB where the task ``takes_uint8``)
     (labels are -1 where unknown; most tasks ignore them) and returns a dict with ``loss`` and
     detached scalar metrics; ``metric`` names the one shown as the task's accuracy.
+
+    Everything the trainer, the loaders, checkpoints, probes and transfer need to know of a task is declared
+    here, with the defaults of a plain task: what it trains on (``needs_labels``), what it is fed
+    (``takes_uint8``, ``input_channels``, ``input_kind``), its epoch hooks (``prepare_epoch``,
+    ``batch_labels`` where ``relabels_batches``) and the fc layers a detector may reuse (``detector_fc``).
     """
 
     name: ClassVar[str]
@@ -50,6 +84,19 @@ class PretextTask(nn.Module):
     # forward also takes the uint8 batch (0..255) and converts only the pixels it uses: tasks that cut small
     # pieces from large crops then skip converting whole crops (the trainer hands them uint8)
     takes_uint8: ClassVar[bool] = False
+    # trains on the labelled train split (with its labels) instead of the pretraining split
+    needs_labels: ClassVar[bool] = False
+    # replaces every batch's labels (batch_labels): the trainer then hands it the batch's source indices
+    relabels_batches: ClassVar[bool] = False
+
+    @classmethod
+    def input_kind(cls, cfg) -> str:
+        """Which input mapping the task's ``eval_input`` is, given its config (one of the names above:
+        ``RGB``, ``PER_IMAGE``, ``SOBEL``, ``LIGHTNESS``, ``KEPT_CHANNEL``); ConfigError for a mapping that no
+        conv on RGB expresses. A task that keeps the default ``encoder_input`` feeds ImageNet-normalised RGB."""
+        if cls.encoder_input is PretextTask.encoder_input:
+            return RGB
+        raise ValueError(f"task {cls.name} has an input mapping with no declared kind: override input_kind")
 
     @classmethod
     def encoder_channels(cls, cfg) -> int:
@@ -94,6 +141,21 @@ class PretextTask(nn.Module):
         unless training altered the mapped inputs further (e.g. dropped colour channels), in which case
         the task maps whole images to what its encoder saw."""
         return self.encoder_input(images)
+
+    def prepare_epoch(self, context: EpochContext) -> EpochPlan | None:
+        """Called before every epoch (and again when a run resumes inside one), for epoch-level steps such as
+        clustering the whole dataset: the plan may fix the epoch's sampling order and adds metrics to the
+        epoch's log. None: a plain shuffle."""
+        return None
+
+    def batch_labels(self, indices: Tensor, labels: Tensor) -> Tensor:
+        """The labels a batch trains on, from its images' source ``indices`` (e.g. pseudo-labels); asked only
+        where ``relabels_batches``."""
+        return labels
+
+    def detector_fc(self) -> PretextFC | None:
+        """fc layers of the task's head that a detector's box head may start from; None for tasks without."""
+        return None
 
     def example_images(self, images: Tensor, generator: torch.Generator | None = None) -> Examples:
         """What the network is fed and asked for a few of ``images`` ([0, 1] RGB), for TensorBoard

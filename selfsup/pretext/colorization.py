@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from selfsup.config import ConfigError, option
 from selfsup.models import Encoder
-from selfsup.pretext.base import Examples, PretextTask
+from selfsup.pretext.base import LIGHTNESS, Examples, PretextTask
 
 # sRGB (linear) -> XYZ and the D65 2-degree white, exactly as scikit-image's rgb2lab / lab2rgb.
 _XYZ_FROM_RGB = (
@@ -257,6 +257,10 @@ class ColorizationTask(PretextTask):
     Config = ColorizationConfig
     metric = "acc"
     input_channels = 1
+
+    @classmethod
+    def input_kind(cls, cfg: ColorizationConfig) -> str:
+        return LIGHTNESS
 
     @classmethod
     def check_image_size(cls, cfg: ColorizationConfig, image_size: int) -> None:

@@ -40,7 +40,8 @@ from torch import Tensor, nn
 
 from selfsup.config import ConfigError, option
 from selfsup.models import Encoder
-from selfsup.pretext.base import IMAGENET_MEAN, IMAGENET_STD, Examples, PretextTask
+from selfsup.models.normalization import IMAGENET_MEAN, IMAGENET_STD
+from selfsup.pretext.base import Examples, PretextTask
 
 NUM_TILES = 4
 MIN_TILE = 8  # smallest tile side every built-in encoder accepts

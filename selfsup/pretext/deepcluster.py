@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.config import ConfigError, option
-from selfsup.engine import EpochContext, EpochPlan
+from selfsup.epoch import EpochContext, EpochPlan
 from selfsup.models import Encoder
-from selfsup.pretext.base import Examples, PretextTask, accuracy, normalize_rgb
-from selfsup.pretext.clustering import kmeans, l2_normalize, nmi, pca_whiten, uniform_cluster_order
+from selfsup.models.normalization import normalize_rgb
+from selfsup.pretext.base import RGB, SOBEL, Examples, PretextFC, PretextTask, accuracy, linear_layers
+from selfsup.clustering import kmeans, l2_normalize, nmi, pca_whiten, uniform_cluster_order
 
 MAX_AUTO_CLUSTERS = 10_000  # the paper's k for ImageNet
 MIN_AUTO_CLUSTERS = 100
@@ -75,6 +76,11 @@ def _is_resnet(encoder: Encoder) -> bool:
 class DeepClusterTask(PretextTask):
     name = "deepcluster"
     Config = DeepClusterConfig
+    relabels_batches = True  # trains on the cluster ids of the last clustering
+
+    @classmethod
+    def input_kind(cls, cfg: DeepClusterConfig) -> str:
+        return SOBEL if cfg.sobel else RGB
 
     @classmethod
     def encoder_channels(cls, cfg: DeepClusterConfig) -> int:
@@ -236,6 +242,11 @@ class DeepClusterTask(PretextTask):
         context.reset_optimizer_state(self.top.parameters())
 
     # ------------------------------------------------------------------ training step
+    def detector_fc(self) -> PretextFC | None:
+        if not isinstance(self.pool, nn.AdaptiveMaxPool2d):  # the global-pool head has no fc layers
+            return None
+        return PretextFC(self.cfg.head_pool, linear_layers(self.features), "deepcluster fc6, fc7")
+
     def batch_labels(self, indices: Tensor, labels: Tensor) -> Tensor:
         if self.assignment.numel() == 0:
             raise RuntimeError("deepcluster trains on cluster ids; prepare_epoch has not clustered yet")

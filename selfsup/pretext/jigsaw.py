@@ -49,7 +49,7 @@ from selfsup.config import ConfigError, option
 from selfsup.data import cache_root
 from selfsup.data.images import gather_windows, unit_float
 from selfsup.models import Encoder
-from selfsup.pretext.base import Examples, PretextTask, accuracy
+from selfsup.pretext.base import PER_IMAGE, Examples, PretextFC, PretextTask, accuracy, linear_layers
 
 log = logging.getLogger(__name__)
 
@@ -334,6 +334,10 @@ class JigsawTask(PretextTask):
     takes_uint8 = True  # nine tiles hold about 70% of a crop's pixels at the paper's geometry: convert those
 
     @classmethod
+    def input_kind(cls, cfg: JigsawConfig) -> str:
+        return PER_IMAGE
+
+    @classmethod
     def check_image_size(cls, cfg: JigsawConfig, image_size: int) -> None:
         _, tile = tile_geometry(image_size, cfg.tile_fraction)
         if tile < MIN_TILE:
@@ -379,6 +383,10 @@ class JigsawTask(PretextTask):
                 f"or an encoder for small inputs such as alexnet_small"
             ) from None
         self._checked_tiles.add(tile)
+
+    def detector_fc(self) -> PretextFC | None:
+        # fc7 reads the 9 tiles' fc6 outputs side by side: only the per-tile fc6 fits one RoI
+        return PretextFC(self.cfg.pool_grid, linear_layers(self.fc6), "jigsaw fc6")
 
     def logits(self, tiles: Tensor) -> Tensor:
         """Permutation logits for normalised N x 9 x C x t x t tile sequences."""

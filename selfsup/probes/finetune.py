@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from selfsup.data.loading import Batch
-from selfsup.engine import autocast_context
+from selfsup.epoch import autocast_context
 from selfsup.errors import ConfigError, DataError
 from selfsup.models import Encoder
 from selfsup.probes.linear import topk_correct

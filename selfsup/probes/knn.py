@@ -34,7 +34,7 @@ from selfsup.data.loading import eval_loader
 from selfsup.data.sources import ImageSource, IndexedSource
 from selfsup.errors import ConfigError, DataError
 from selfsup.models import Encoder
-from selfsup.pretext.clustering import faiss_available
+from selfsup.clustering import faiss_available
 
 DEFAULT_K = 200
 DEFAULT_TEMPERATURE = 0.07

@@ -1,6 +1,6 @@
 """Pooling of a frozen layer's feature map to about 9k dimensions before the linear classifier.
 
-Presets (SPEC.md): ``rotnet`` — adaptive max-pool to a per-layer grid (Gidaris et al. 2018);
+Presets: ``rotnet`` — adaptive max-pool to a per-layer grid (Gidaris et al. 2018);
 ``deepcluster`` — fixed average-pool kernels for AlexNet at 224 px (Caron et al. 2018, VISSL);
 ``auto`` — any encoder: adaptive average-pool to the largest s x s grid with C*s*s <= 9216.
 """

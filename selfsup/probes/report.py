@@ -41,7 +41,8 @@ SIGNIFICANCE_NOTE = (
     "otherwise; a side with one seed contributes the binomial standard error sqrt(p(1-p)/n) of its accuracy on its "
     "n test images (n/a when the record does not give n, or for mAP) and no test is made (marked 1 seed).")
 
-# Published anchors (SPEC.md): AlexNet trained on ImageNet, linear probes on ImageNet (top-1 %), and
+# Published anchors, as the papers report them (most collected in RotNet, Gidaris et al. 2018; DeepCluster, Caron
+# et al. 2018): AlexNet trained on ImageNet, linear probes on ImageNet (top-1 %), and
 # Fast R-CNN VOC07 detection mAP. Another data set and scale: shown beside, never mixed into, our rows.
 PUBLISHED_IMAGENET_ALEXNET = {
     "supervised": (19.3, 36.3, 44.2, 48.3, 50.5, 56.8),
@@ -651,7 +652,7 @@ def build_report(records: Sequence[dict[str, Any]], *, title: str, command: str,
         lines.append(f"{FORCED_MARK} selected on the **test** split (forced by the user): not a fair comparison.")
     lines += ["", *main_table(rows, published)]
     if published:
-        lines += ["", "*Italic rows: published AlexNet numbers on ImageNet (SPEC.md), another data set and scale; "
+        lines += ["", "*Italic rows: published AlexNet numbers on ImageNet (the papers' own), another data set and scale; "
                   "shown for orientation only.*"]
     sections = [
         ("kNN top-1 per layer", per_layer_table(rows, "knn", "test_top1") if any("knn" in r.records for r in rows) else []),

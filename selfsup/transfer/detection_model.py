@@ -36,7 +36,6 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -49,10 +48,11 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from selfsup.engine import autocast_context
+from selfsup.epoch import autocast_context
 from selfsup.errors import CheckpointError, ConfigError
 from selfsup.models import Encoder
-from selfsup.pretext.base import IMAGENET_MEAN, IMAGENET_STD
+from selfsup.models.normalization import IMAGENET_MEAN, IMAGENET_STD
+from selfsup.pretext.base import PretextFC
 from selfsup.probes.bn import reestimate_bn_statistics
 from selfsup.transfer.rescale import Unit, UnitStats, rescalable_units, rescale_within_layer
 
@@ -216,51 +216,6 @@ class C4Head(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.pool(self.res5(x))
-
-
-@dataclass
-class PretextFC:
-    """fc layers of a pretext head that can start the box head: fc6 reads a ``grid x grid`` pooled map."""
-
-    grid: int
-    layers: list[nn.Linear]
-    source: str
-
-
-def _fold_batchnorm1d(linear: nn.Linear, norm: nn.BatchNorm1d) -> nn.Linear:
-    # eval-mode BatchNorm after a linear layer is itself affine: fold it into the layer's weight and bias
-    folded = nn.Linear(linear.in_features, linear.out_features)
-    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-    bias = linear.bias if linear.bias is not None else torch.zeros_like(norm.running_mean)
-    with torch.no_grad():
-        folded.weight.copy_(linear.weight * scale[:, None])
-        folded.bias.copy_((bias - norm.running_mean) * scale + norm.bias)
-    return folded
-
-
-def _linears(block: nn.Sequential) -> list[nn.Linear]:
-    """The linear layers of a Linear [-> BatchNorm1d] -> ReLU... block, BatchNorms folded in."""
-    layers: list[nn.Linear] = []
-    modules = list(block)
-    for position, module in enumerate(modules):
-        if isinstance(module, nn.Linear):
-            following = modules[position + 1] if position + 1 < len(modules) else None
-            layers.append(_fold_batchnorm1d(module, following) if isinstance(following, nn.BatchNorm1d) else module)
-    return layers
-
-
-def pretext_fc(task: nn.Module) -> PretextFC | None:
-    """fc6 (and fc7) of a DeepCluster or Jigsaw task; None for tasks without such layers. The box head
-    copies their values."""
-    from selfsup.pretext.deepcluster import DeepClusterTask
-    from selfsup.pretext.jigsaw import JigsawTask
-
-    if isinstance(task, DeepClusterTask) and isinstance(task.pool, nn.AdaptiveMaxPool2d):
-        return PretextFC(task.cfg.head_pool, _linears(task.features), "deepcluster fc6, fc7")
-    if isinstance(task, JigsawTask):
-        # fc7 reads the 9 tiles' fc6 outputs side by side: only the per-tile fc6 fits one RoI
-        return PretextFC(task.cfg.pool_grid, _linears(task.fc6), "jigsaw fc6")
-    return None
 
 
 def _box_head(channels: int, grid: int, fc_dim: int, fc: PretextFC | None) -> tuple[TwoMLPHead, int, str]:

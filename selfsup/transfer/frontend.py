@@ -57,23 +57,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.config import from_dict
-from selfsup.errors import ConfigError
 from selfsup.models import Encoder
+from selfsup.models.normalization import IMAGENET_MEAN, IMAGENET_STD
 from selfsup.pretext import TASKS
-from selfsup.pretext.base import IMAGENET_MEAN, IMAGENET_STD, PretextTask
-from selfsup.pretext.colorization import L_CENTER, ColorizationTask, rgb_to_lab
-from selfsup.pretext.context import EVAL_KEPT_CHANNEL, ContextTask
-from selfsup.pretext.deepcluster import DeepClusterTask
-from selfsup.pretext.jigsaw import JigsawTask
+from selfsup.pretext.base import KEPT_CHANNEL, LIGHTNESS, PER_IMAGE, RGB, SOBEL
+# how two of the mappings are made, which folding them into a conv repeats
+from selfsup.pretext.colorization import L_CENTER, rgb_to_lab
+from selfsup.pretext.context import EVAL_KEPT_CHANNEL
 
 __all__ = ["INPUT", "fold_input_mapping", "input_conv", "lightness_affine", "replace_input_conv", "task_input"]
 
 INPUT = "ImageNet-normalised RGB: [0, 1] RGB minus mean (0.485, 0.456, 0.406), over std (0.229, 0.224, 0.225)"
 
-# The input mappings of the tasks, and their channel counts.
-RGB, PER_IMAGE, SOBEL, LIGHTNESS = "rgb", "per-image standardised rgb", "sobel", "lab-L"
-# context's colour-drop evaluation input with patch_norm: one standardised channel, the other two zero
-KEPT_CHANNEL = "one per-image standardised channel, two zero channels"
+# The input mappings tasks declare (PretextTask.input_kind), and their channel counts.
 _CHANNELS = {RGB: 3, PER_IMAGE: 3, SOBEL: 2, LIGHTNESS: 1, KEPT_CHANNEL: 3}
 _CHANNEL_NAMES = ("red", "green", "blue")
 # sobel_input's x-gradient filter; the y-gradient is its transpose.
@@ -82,30 +78,12 @@ _SOBEL_X = ((1.0, 0.0, -1.0), (2.0, 0.0, -2.0), (1.0, 0.0, -1.0))
 
 def task_input(task_name: str, task_options: dict) -> str:
     """Which input mapping ``task_name`` with ``task_options`` feeds its encoder at evaluation (the task's
-    ``eval_input``, what probes and fine-tuning feed it). ConfigError (one line) for a mapping that no
-    conv on RGB expresses even approximately (context's colour dropping without ``patch_norm``)."""
+    ``eval_input``, what probes and fine-tuning feed it), as the task declares it (``PretextTask.input_kind``).
+    ConfigError (one line) for a mapping that no conv on RGB expresses even approximately."""
     if task_name not in TASKS:
         raise ValueError(f"unknown task {task_name!r}; known tasks: {', '.join(TASKS)}")
     task_cls = TASKS[task_name]
-    cfg = from_dict(task_cls.Config, task_options, prefix="pretext.")
-    if task_cls is ColorizationTask:
-        return LIGHTNESS
-    if task_cls is DeepClusterTask:
-        return SOBEL if cfg.sobel else RGB
-    if task_cls is JigsawTask:
-        return PER_IMAGE
-    if task_cls is ContextTask:
-        if cfg.color_mode == "drop":
-            if not cfg.patch_norm:
-                raise ConfigError(
-                    "context with color_mode=drop and patch_norm off is evaluated on green plus two channels "
-                    "holding each image's mean green, which no conv on RGB expresses; it cannot be folded: use "
-                    "--frontend exact")
-            return KEPT_CHANNEL
-        return PER_IMAGE if cfg.patch_norm else RGB
-    if task_cls.encoder_input is PretextTask.encoder_input:
-        return RGB
-    raise ValueError(f"task {task_name} has an input mapping with no known RGB equivalent")
+    return task_cls.input_kind(from_dict(task_cls.Config, task_options, prefix="pretext."))
 
 
 def input_conv(encoder: Encoder) -> tuple[str, nn.Conv2d]:
