@@ -165,6 +165,14 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
     return differences
 
 
+def dotted_default(cls: type, dotted: str) -> Any:
+    """The default of the field ``dotted`` (e.g. ``optim.lr``) of the config dataclass ``cls``."""
+    head, _, rest = dotted.partition(".")
+    field_ = {f.name: f for f in dataclasses.fields(cls)}[head]
+    value = field_.default if field_.default is not dataclasses.MISSING else field_.default_factory()
+    return dotted_default(type(value), rest) if rest else value
+
+
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     """Sets ``tree['a']['b'] = value`` for ``dotted == 'a.b'``, creating levels as needed."""
     *parents, leaf = dotted.split(".")

@@ -88,7 +88,7 @@ def user_errors_exit(main: Callable[..., int]) -> Callable[..., int]:
                 return exc.code
             raise
         except KeyboardInterrupt:
-            print("interrupted; the last checkpoint is kept (use --resume to continue)", file=sys.stderr)
+            print("interrupted", file=sys.stderr)
             return 130
 
     return wrapper
@@ -105,13 +105,16 @@ def run_until_record(run: Callable[[argparse.Namespace], Any], args: argparse.Na
     return 0
 
 
-def add_overrides(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, type, str]]) -> None:
-    """Adds ``--flag`` options that map onto dotted config fields (default None = not given)."""
+def add_overrides(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, type, str]],
+                  defaults: Callable[[str], Any] | None = None) -> None:
+    """Adds ``--flag`` options that map onto dotted config fields (default None = not given); ``defaults(dotted)``
+    gives the value a field has when neither the flag nor the preset sets it, for the help."""
     for flag, (dotted, kind, text) in flags.items():
         if kind is bool:
             parser.add_argument(flag, dest=dotted, action="store_const", const=True, default=None, help=text)
         else:
-            parser.add_argument(flag, dest=dotted, type=kind, default=None, help=f"{text} ({dotted})")
+            shown = "" if defaults is None else f"; default {defaults(dotted)!r} unless the preset sets it"
+            parser.add_argument(flag, dest=dotted, type=kind, default=None, help=f"{text} ({dotted}{shown})")
 
 
 def int_list(text: str) -> list[int]:

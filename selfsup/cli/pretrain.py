@@ -22,6 +22,7 @@ from selfsup.cli.common import (
 from selfsup.config import (
     ConfigError,
     PretrainConfig,
+    dotted_default,
     from_dict,
     load_yaml,
     merge,
@@ -33,6 +34,7 @@ from selfsup.data.loading import CenterCrop
 from selfsup.data.sources import Splits
 from selfsup.distributed import init_distributed, shutdown
 from selfsup.engine import CHECKPOINT_NAME
+from selfsup.models import ARCHS
 from selfsup.outputs import RunLock, check_free_space, check_output_dir
 from selfsup.presets import load_preset
 from selfsup.pretext import TASKS, PretextTask, check_pretrain_config
@@ -42,7 +44,7 @@ from selfsup.probes.knn import KnnMonitor, random_subset
 
 FLAGS: dict[str, tuple[str, type, str]] = {
     "--task": ("task", str, "pretext task: " + ", ".join(TASKS)),
-    "--arch": ("model.arch", str, "encoder architecture"),
+    "--arch": ("model.arch", str, "encoder architecture: " + ", ".join(ARCHS)),
     "--width": ("model.width", float, "encoder channel-width multiplier"),
     "--data": ("data.data", str, "'demo' (default), cifar10, cifar100, stl10 or an image folder"),
     "--data-root": ("data.data_root", str, "where demo/torchvision data is cached or downloaded"),
@@ -84,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run-level preset of the task (selfsup/presets/NAME/TASK.yaml): 'demo' (the default "
                              "without --config: CPU-sized runs that learn in minutes) or 'none' (dataclass defaults)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    add_overrides(parser, FLAGS)
+    add_overrides(parser, FLAGS, lambda dotted: dotted_default(PretrainConfig, dotted))
     add_trust_option(parser)
     return parser
 
@@ -175,7 +177,8 @@ def _train(cfg: PretrainConfig, dist_info, out_dir: Path, trust_checkpoint: bool
         "image_size": cfg.data.image_size,
         "config": to_dict(cfg),
         "data": {"spec": cfg.data.data, "root": cfg.data.data_root, "source": source.describe(),
-                 "notes": setup.splits.notes, "ignored_files": setup.splits.ignored_files},
+                 "notes": setup.splits.notes, "ignored_files": setup.splits.ignored_files,
+                 "labelled": setup.splits.train is not None},
         "command": command_line(),
         "git_commit": git_commit(),
         "machine": machine_description(dist_info.device),
@@ -228,9 +231,18 @@ def print_summary(summary: dict[str, Any], metric: str) -> None:
         f"checkpoint      {summary['checkpoint']}",
         f"summary         {Path(summary['checkpoint']).parent / 'summary.json'}",
         f"tensorboard     tensorboard --logdir {Path(summary['checkpoint']).parent / 'tb'}",
-        f"next            ssl-probe --checkpoint {summary['checkpoint']} --freeze all",
+        f"next            {next_probe(summary)}",
     ]
     print("\n".join(lines))
+
+
+def next_probe(summary: dict[str, Any]) -> str:
+    """The probe to run next: on the pretraining data (ssl-probe's default) when it has labels, else on data
+    that has (ssl-probe would stop with an error)."""
+    command = f"ssl-probe --checkpoint {summary['checkpoint']} --freeze all"
+    if summary["data"].get("labelled", True):
+        return command
+    return f"{command} --data LABELLED_DATA   ({summary['data']['spec']} has no labels to probe with; e.g. --data demo)"
 
 
 def ended_text(summary: dict[str, Any]) -> str:
@@ -255,7 +267,11 @@ def ignored_text(ignored: dict[str, int]) -> str:
 @user_errors_exit
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    run(config_from_args(args), trust_checkpoint=args.trust_checkpoint)
+    try:
+        run(config_from_args(args), trust_checkpoint=args.trust_checkpoint)
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is kept (the same command with --resume continues)", file=sys.stderr)
+        return 130
     return 0
 
 

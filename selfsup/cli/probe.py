@@ -50,6 +50,7 @@ from selfsup.probes.bn import (
     BN_STATS, Statistics, bn_statistics, load_bn_statistics, loader_images, named_batchnorms, reestimate_bn_statistics,
 )
 from selfsup.probes.frozen import FrozenEncoder, load_frozen
+from selfsup.probes.knn import DEFAULT_KS
 from selfsup.probes.linear import (
     PROTOCOLS,
     FeatureSet,
@@ -72,7 +73,6 @@ METHODS = ("linear", "knn", "svm")
 # protocols --also runs on the linear probe's feature pass: kNN on its features, the linear probe and kNN on
 # globally average-pooled ones (global-knn costs next to nothing; knn on ~9k dims costs more than the probe)
 ALSO = ("knn", "global", "global-knn")
-KNN_KS = (10, 20, 50, 100, 200)
 KNN_TEMPERATURE = 0.07
 # --bn-stats auto chooses on a quick linear probe, not on the full one run twice: images per split and epochs
 AUTO_IMAGES = 5000
@@ -113,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="override the protocol's batch size")
     parser.add_argument("--augment", action="store_true",
                         help="linear: random crops and flips for the train split (features are then computed every epoch)")
-    parser.add_argument("--knn-k", type=int_list, default=list(KNN_KS),
-                        help=f"kNN: neighbour counts to choose from on the selection split (default {','.join(map(str, KNN_KS))})")
+    parser.add_argument("--knn-k", type=int_list, default=list(DEFAULT_KS),
+                        help=f"kNN: neighbour counts to choose from on the selection split (default {','.join(map(str, DEFAULT_KS))})")
     parser.add_argument("--knn-temperature", type=finite_float, default=KNN_TEMPERATURE,
                         help=f"kNN: vote weight exp(similarity / T) (default {KNN_TEMPERATURE}, Wu et al. 2018)")
     parser.add_argument("--svm-costs", type=float_list, default=None,
@@ -484,6 +484,9 @@ def run_classification(context: ProbeContext, dims: dict[str, int]) -> dict[str,
     args, frozen, device = context.args, context.frozen, context.device
     trained_on = frozen.record.get("data", {})
     data = args.data if args.data is not None else trained_on.get("spec") or "demo"
+    if args.data is None:
+        whose = "the checkpoint's pretraining data" if trained_on.get("spec") else "no pretraining data to default to"
+        print(f"ssl-probe: no --data: probing on {data} ({whose}; --data chooses)", file=sys.stderr)
     if args.data_root is not None:
         data_root = args.data_root
     else:
@@ -649,6 +652,11 @@ def knn_layers(train: FeatureSet, select: FeatureSet, test: FeatureSet, val: Fea
                           "val_top1": round(val_scores["top1"], 2), "val_top5": round(val_scores["top5"], 2),
                           "test_top1": round(test_scores["top1"], 2), "test_top5": round(test_scores["top5"], 2)}
         print(f"knn {layer}: k={best_k} val {val_scores['top1']:.2f} test {test_scores['top1']:.2f}", file=sys.stderr)
+    largest = max(args.knn_k)
+    if len(args.knn_k) > 1 and all(entry["k"] == largest for entry in results.values()):
+        print(f"ssl-probe: warning: kNN chose the largest k offered ({largest}) at every layer; a larger k may do "
+              f"better: offer one with --knn-k (e.g. --knn-k {','.join(map(str, args.knn_k))},{2 * largest})",
+              file=sys.stderr)
     return results
 
 

@@ -38,8 +38,8 @@ from selfsup.clustering import faiss_available
 
 DEFAULT_K = 200
 DEFAULT_TEMPERATURE = 0.07
-# DINO's sweep of k (eval_knn.py --nb_knn)
-DEFAULT_KS = (10, 20, 100, 200)
+# DINO's sweep of k (eval_knn.py --nb_knn: 10, 20, 100, 200) with 50 between; ssl-probe's --knn-k default
+DEFAULT_KS = (10, 20, 50, 100, 200)
 BACKENDS = ("auto", "faiss", "torch")
 # similarity-matrix elements per chunk of the torch search (64 MiB of float32)
 _CHUNK_ELEMENTS = 1 << 24
