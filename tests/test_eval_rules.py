@@ -12,6 +12,7 @@ import torch
 
 import selfsup.cli.probe as probe_cli
 import selfsup.cli.finetune as finetune_cli
+import selfsup.probes.context as probe_context
 from selfsup.cli.finetune import main as finetune_main
 from selfsup.models import build_encoder
 from selfsup.pretext import TASKS, build_task
@@ -144,13 +145,13 @@ def test_reestimated_statistics_are_those_of_the_data():
 def spy_features(monkeypatch) -> list[tuple[torch.Tensor, object]]:
     """(first BatchNorm's running mean, input mapping) of every feature extraction of ssl-probe."""
     calls = []
-    extract = probe_cli.extract_features
+    extract = probe_context.extract_features
 
     def spy(encoder, input_fn, *args, **kwargs):
         calls.append((named_batchnorms(encoder)[0][1].running_mean.clone(), input_fn))
         return extract(encoder, input_fn, *args, **kwargs)
 
-    monkeypatch.setattr(probe_cli, "extract_features", spy)
+    monkeypatch.setattr(probe_context, "extract_features", spy)
     return calls
 
 

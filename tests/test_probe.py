@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from selfsup.cli.pretrain import main as pretrain_main
-from selfsup.cli.probe import main as probe_main
+from selfsup.cli.probe import build_parser, main as probe_main, options_from
+from selfsup.probes.options import ProbeOptions
+from selfsup.probes.run import run_probe
 from conftest import one_error_line
 
 FAST = ["--epochs", "3", "--batch-size", "12", "--workers", "0"]
@@ -306,3 +308,17 @@ def test_an_older_checkpoint_loads_with_trust_checkpoint_only(tiny_checkpoint, t
 def test_options_that_do_not_fit_the_encoder_are_one_line(argv, named, tmp_path, capsys):
     assert probe_main(["--checkpoint", "random", *argv, "--out", str(tmp_path / "probe.json")]) == 2
     assert named in one_error_line(capsys)
+
+
+def test_the_command_line_defaults_are_the_library_defaults():
+    args = build_parser().parse_args(["--checkpoint", "random"])
+    assert options_from(args) == ProbeOptions(checkpoint="random")
+
+
+def test_the_library_runs_a_probe_from_options_and_leaves_printing_to_the_caller(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "conv2.json"
+    result = run_probe(ProbeOptions(checkpoint=str(tiny_checkpoint), freeze="conv2", epochs=3, batch_size=12,
+                                    workers=0, out=str(out)))
+    assert result.written == [(result.record, out)]
+    assert json.loads(out.read_text())["layers"].keys() == result.record["layers"].keys() == {"conv2"}
+    assert capsys.readouterr().out == ""

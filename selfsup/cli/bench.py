@@ -30,12 +30,11 @@ import torch
 
 from selfsup.bench import measure_data_side, measure_epoch_share, measure_pipeline, measure_threads
 from selfsup.checkpoint import atomic_file
-from selfsup.cli.common import (
-    Parser, add_overrides, check_option_values, int_list, user_errors_exit,
-)
+from selfsup.cli.common import Parser, add_overrides, int_list, user_errors_exit
 from selfsup.cli.pretrain import FLAGS, config_from_args
 from selfsup.config import PretrainConfig
 from selfsup.distributed import pick_device
+from selfsup.errors import check_option_values
 from selfsup.outputs import check_output_file
 from selfsup.presets import load_preset
 from selfsup.provenance import command_line, git_commit, machine_description
@@ -227,7 +226,7 @@ def deepcluster_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def probe_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from selfsup.cli import probe as ssl_probe  # the probe protocols still live in the CLI (issue 15)
+    from selfsup.cli import probe as ssl_probe  # --probe-args are read as ssl-probe reads its command line
 
     check_option_values(args, at_least=(("rounds", 1),))
     common = ["--checkpoint", args.checkpoint, "--seed", "0", *shlex.split(args.probe_args)]

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 from selfsup.data.sources import LAYOUTS
-from selfsup.errors import ConfigError, UserError
+from selfsup.errors import UserError
 
 
 def thread_count(text: str) -> int:
@@ -137,31 +137,6 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{text!r} is invalid: give a finite number")
     return value
-
-
-def check_option_values(args: argparse.Namespace, *, paths: tuple[str, ...] = (),
-                        at_least: tuple[tuple[str, int], ...] = (), positive: tuple[str, ...] = (),
-                        reasons: dict[str, str] | None = None) -> None:
-    """ConfigError (one line) for the first option that cannot work: an empty path or name in ``paths``, an
-    integer below its least value in ``at_least``, a number in ``positive`` that is not above 0. Options
-    left at None are not given; 0 is a value like any other, never read as "not given". ``reasons`` adds a
-    why to an option's message."""
-    reasons = reasons or {}
-
-    def flag(name: str) -> str:
-        return "--" + name.replace("_", "-")
-
-    for name in paths:
-        if getattr(args, name) == "":
-            raise ConfigError(f"{flag(name)} '' is invalid: give a path or name")
-    for name, least in at_least:
-        value = getattr(args, name)
-        if value is not None and value < least:
-            raise ConfigError(f"{flag(name)} {value} is invalid: must be at least {least}{reasons.get(name, '')}")
-    for name in positive:
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise ConfigError(f"{flag(name)} {value:g} is invalid: must be above 0")
 
 
 def given_overrides(args: argparse.Namespace, flags: dict[str, tuple[str, type, str]]) -> dict[str, Any]:

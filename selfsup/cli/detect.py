@@ -42,13 +42,13 @@ from torch.utils.data import DataLoader
 
 from selfsup.checkpoint import seed_everything
 from selfsup.cli.common import (
-    Parser, add_trust_option, check_option_values, finite_float, int_list, run_until_record, user_errors_exit,
+    Parser, add_trust_option, finite_float, int_list, run_until_record, user_errors_exit,
 )
 from selfsup.config import ModelConfig
 from selfsup.data.loading import BadFileLog, EpochBatchSampler
 from selfsup.data.voc import VocSplit, open_voc, resolve_voc_root, voc_classes
 from selfsup.distributed import pick_device
-from selfsup.errors import ConfigError, DataError
+from selfsup.errors import ConfigError, DataError, check_option_values
 from selfsup.models import ARCHS, Encoder
 from selfsup.outputs import check_output_file
 from selfsup.pretext import TASKS

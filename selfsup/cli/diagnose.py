@@ -18,9 +18,10 @@ import argparse
 import sys
 from typing import Any
 
-from selfsup.cli.common import Parser, add_trust_option, check_option_values, user_errors_exit
+from selfsup.cli.common import Parser, add_trust_option, user_errors_exit
 from selfsup.data.sources import LAYOUTS
 from selfsup.diagnose.diagnosis import ABLATED_TASKS, DEFAULT_IMAGES, DIAGNOSED_TASKS, diagnose
+from selfsup.errors import check_option_values
 
 
 def build_parser() -> argparse.ArgumentParser:

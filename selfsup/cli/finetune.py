@@ -30,7 +30,7 @@ from typing import Any
 
 from selfsup.checkpoint import seed_everything
 from selfsup.cli.common import (
-    Parser, add_data_layout_option, add_trust_option, check_option_values, finite_float, run_until_record,
+    Parser, add_data_layout_option, add_trust_option, finite_float, run_until_record,
     user_errors_exit,
 )
 from selfsup.config import ModelConfig, OptimConfig
@@ -38,7 +38,7 @@ from selfsup.data.loading import BadFileLog, CenterCrop, EpochBatchSampler, Rand
 from selfsup.data.sources import DataError, ImageSource, open_splits
 from selfsup.data.voc import open_voc, resolve_voc_root, voc_classes
 from selfsup.distributed import pick_device
-from selfsup.errors import ConfigError
+from selfsup.errors import ConfigError, check_option_values
 from selfsup.models import ARCHS
 from selfsup.optim import build_optimizer, build_scheduler
 from selfsup.outputs import check_output_file
