@@ -58,7 +58,7 @@ class DecodedSource:
             self.starts = index["starts"]
             self.shapes = index["shapes"]
             self.bad_messages = index["bad_messages"]
-        self._pixels: np.memmap | None = None
+        self._pixels: np.ndarray | None = None
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_pixels": None}
@@ -76,7 +76,8 @@ class DecodedSource:
         if height == 0:
             raise BadImageError(_path_of(self.base, index), str(self.bad_messages[index]))
         if self._pixels is None:
-            self._pixels = np.memmap(self.pixels_path, dtype=np.uint8, mode="r")
+            # a plain array over the map: slicing an np.memmap runs its __array_finalize__ for every image
+            self._pixels = np.memmap(self.pixels_path, dtype=np.uint8, mode="r").view(np.ndarray)
         start = int(self.starts[index])
         return self._pixels[start : start + height * width * channels].reshape(height, width, channels)
 
