@@ -16,6 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from selfsup.data.images import unit_float
+
 BN_STATS = ("train", "checkpoint", "auto")
 
 Statistics = dict[str, tuple[Tensor, Tensor]]  # BatchNorm module name -> (running mean, running variance)
@@ -45,7 +47,7 @@ def loader_images(loader: Iterable, on_bad: Callable[[list[str]], None]) -> Iter
     for batch in loader:
         on_bad(batch.bad_files)
         if batch.images.numel():
-            yield batch.images.float().div_(255)
+            yield unit_float(batch.images)
 
 
 @torch.no_grad()

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from selfsup.data.images import unit_float
 from selfsup.data.loading import eval_loader
 from selfsup.data.sources import ImageSource, IndexedSource
 from selfsup.errors import ConfigError, DataError
@@ -265,7 +266,7 @@ class KnnMonitor:
             on_bad(batch.bad_files)
             if batch.images.numel() == 0:
                 continue
-            images = batch.images.to(device, non_blocking=True).float().div_(255)
+            images = unit_float(batch.images.to(device, non_blocking=True))
             with autocast():
                 maps = self.encoder.forward_taps(self.input_fn(images), [self.layer])[self.layer]
             features.append(maps.float().flatten(2).mean(dim=2) if maps.dim() > 2 else maps.float())

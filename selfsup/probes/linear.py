@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from selfsup.data.images import unit_float
 from selfsup.data.loading import Batch
 from selfsup.data.sources import DataError
 from selfsup.models import Encoder
@@ -121,7 +122,7 @@ def encode(encoder: Encoder, input_fn: Callable[[Tensor], Tensor], pools: Mappin
     (by default the name is the layer), so that several poolings of one layer come from one forward pass.
     ``autocast()`` wraps the encoder's forward (e.g. bf16); pooling runs in float32."""
     taps = taps or {}
-    images = batch.images.to(device, non_blocking=True).float().div_(255)
+    images = unit_float(batch.images.to(device, non_blocking=True))
     with torch.no_grad():
         with autocast():
             maps = encoder.forward_taps(input_fn(images), list(dict.fromkeys(taps.get(name, name) for name in pools)))
