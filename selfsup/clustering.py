@@ -186,10 +186,11 @@ def kmeans(
     if init not in _INITS:
         raise ValueError(f"unknown init {init!r}, expected one of {_INITS}")
     start = time.perf_counter()
+    backend_seed = seed & 0x7FFF_FFFF  # faiss takes a C int and scikit-learn a 32-bit seed
     if _resolve(backend, _BACKENDS, "sklearn") == "faiss":
-        centroids, assignment, name = _kmeans_faiss(x, k, seed, niter, max_points_per_centroid, init)
+        centroids, assignment, name = _kmeans_faiss(x, k, backend_seed, niter, max_points_per_centroid, init)
     else:
-        centroids, assignment, name = _kmeans_sklearn(x, k, seed, niter, max_points_per_centroid, init)
+        centroids, assignment, name = _kmeans_sklearn(x, k, backend_seed, niter, max_points_per_centroid, init)
     assignment, centroids, empty = split_empty_clusters(x, assignment, centroids, k, seed=seed)
     return KMeansResult(
         assignment=assignment,

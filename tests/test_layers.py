@@ -13,7 +13,7 @@ FLOORS: dict[str, int] = {
     # things every floor may use: errors, config values, encoders, images and loaders, files, provenance
     "selfsup": 1, "selfsup.errors": 1, "selfsup.config": 1, "selfsup.models": 1, "selfsup.data": 1,
     "selfsup.checkpoint": 1, "selfsup.distributed": 1, "selfsup.outputs": 1, "selfsup.optim": 1,
-    "selfsup.presets": 1, "selfsup.provenance": 1, "selfsup.clustering": 1,
+    "selfsup.presets": 1, "selfsup.provenance": 1, "selfsup.clustering": 1, "selfsup.seeds": 1,
     "selfsup.engine": 2, "selfsup.epoch": 2,  # the training loop (knows no task); what epoch hooks may use of it
     "selfsup.pretext": 3, "selfsup.pretraining": 3, "selfsup.bench": 3,  # tasks, and runs built from them
     "selfsup.probes": 4, "selfsup.diagnose": 4, "selfsup.visualize": 4,  # evaluation of encoders and tasks

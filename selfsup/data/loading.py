@@ -23,13 +23,14 @@ from torch.utils.data import DataLoader, Dataset
 from selfsup.data.images import BadImageError
 from selfsup.data.sources import ImageSource
 from selfsup.errors import ConfigError
+from selfsup.seeds import mix_seed
 
 log = logging.getLogger(__name__)
 
 
 def sample_seed(run_seed: int, epoch: int, index: int) -> int:
-    # A large odd multiplier mixes the three integers without collisions for realistic sizes.
-    return (run_seed * 1_000_003 + epoch) * 2_654_435_761 + index & 0x7FFF_FFFF_FFFF
+    """The seed of the ``index``-th sample of an epoch: its crop's numbers (`crop_uniforms`) are a hash of it."""
+    return mix_seed("crop", run_seed, epoch, index)
 
 
 # Uniform draws a crop may use: two per attempt at a box (area, aspect), two for its place, one for the flip.
@@ -293,7 +294,8 @@ class EpochBatchSampler:
     def __iter__(self):
         order = self.order
         if order is None:
-            order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch))
+            generator = torch.Generator().manual_seed(mix_seed("epoch order", self.seed, self.epoch))
+            order = torch.randperm(self.num_samples, generator=generator)
         for step in range(self.start_step, self.steps_per_epoch):
             first = step * self.global_batch + self.rank * self.local_batch
             block = order[first : first + self.local_batch].tolist()

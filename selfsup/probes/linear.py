@@ -24,6 +24,7 @@ from selfsup.data.images import unit_float
 from selfsup.data.loading import Batch
 from selfsup.data.sources import DataError
 from selfsup.models import Encoder
+from selfsup.seeds import mix_seed
 
 
 @dataclass(frozen=True)
@@ -275,7 +276,7 @@ def cached_batches(features: dict[str, Tensor], labels: Tensor, batch_size: int,
         if shuffle_seed is None:
             order, stop = torch.arange(count), count
         else:
-            gen = torch.Generator().manual_seed(shuffle_seed * 1009 + epoch)
+            gen = torch.Generator().manual_seed(mix_seed("probe shuffle", shuffle_seed, epoch))
             size = epoch_size or count
             order = torch.cat([torch.randperm(count, generator=gen) for _ in range(math.ceil(size / count))])[:size]
             stop = size - batch_size + 1

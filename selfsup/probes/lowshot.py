@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from selfsup.probes.linear import FeatureSet, LinearHeads, ProbeProtocol, cached_batches, evaluate, train_heads
+from selfsup.seeds import mix_seed
 
 # a low-shot "epoch" is at least this many (repeated) images, so the protocol's epochs and lr
 # milestones keep their meaning however few images there are
@@ -50,7 +51,7 @@ def lowshot_linear(train: FeatureSet, select_batches: Callable[[], Iterable], te
         test_runs: dict[str, list[float]] = {layer: [] for layer in dims}
         select_runs: dict[str, list[float]] = {layer: [] for layer in dims}
         for draw in range(draws):
-            draw_seed = seed * 7919 + k * 131 + draw
+            draw_seed = mix_seed("low-shot draw", seed, k, draw)
             sample = train.subset(sample_per_class(train.labels, k, draw_seed))
             sample_features = {layer: f.to(dtype) for layer, f in sample.features.items()}
             batch_size = min(protocol.batch_size, len(sample.labels))

@@ -14,6 +14,7 @@ from selfsup.probes.context import ProbeContext, save_features
 from selfsup.probes.lowshot import summarize
 from selfsup.probes.metrics import mean_average_precision
 from selfsup.probes.options import record_kind
+from selfsup.seeds import mix_seed
 
 
 def run_svm(context: ProbeContext) -> dict[str, Any]:
@@ -71,7 +72,7 @@ def run_svm(context: ProbeContext) -> dict[str, Any]:
         results[layer] = {}
         for k in options.shots:
             runs = [fit_and_score(layer, low_shot_indices(labels["trainval"], k,
-                                                          seed=options.seed * 7919 + k * 131 + draw))[2]
+                                                          seed=mix_seed("low-shot draw", options.seed, k, draw)))[2]
                     for draw in range(options.draws)]
             scored = [percent(v) for v in runs if v == v]
             if not scored:
