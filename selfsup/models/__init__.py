@@ -10,11 +10,11 @@ from collections.abc import Callable
 
 from selfsup.errors import ConfigError
 
-from .alexnet import alexnet, alexnet_deepcluster, alexnet_jigsaw, alexnet_small
+from .alexnet import ALEXNET_LAYERS, alexnet, alexnet_deepcluster, alexnet_jigsaw, alexnet_small
 from .base import Encoder, use_channels_last
 from .resnet import resnet18, resnet18_small, resnet50, resnet50_small
 
-__all__ = ["Encoder", "ARCHS", "build_encoder", "check_arch", "use_channels_last"]
+__all__ = ["ALEXNET_LAYERS", "Encoder", "ARCHS", "build_encoder", "check_arch", "use_channels_last"]
 
 ARCHS: dict[str, Callable[..., Encoder]] = {
     "alexnet": alexnet,

@@ -30,7 +30,7 @@ from .base import Encoder
 
 __all__ = ["AlexNet", "alexnet", "alexnet_deepcluster", "alexnet_jigsaw", "alexnet_small"]
 
-_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+ALEXNET_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")  # every AlexNet variant's layer names
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class AlexNet(Encoder):
             conv4=_conv_block(c3, c4, 3, 1, 1, None),
             conv5=_conv_block(c4, c5, 3, 1, 1, None),
         )
-        super().__init__(arch, in_channels, stages, dict(zip(_LAYERS, channels)))
+        super().__init__(arch, in_channels, stages, dict(zip(ALEXNET_LAYERS, channels)))
         self._init_weights()
 
     def _init_weights(self) -> None:

@@ -12,9 +12,9 @@ import math
 from torch import nn
 
 from selfsup.errors import ConfigError
+from selfsup.models import ALEXNET_LAYERS
 
 TARGET_DIM = 9216
-ALEXNET_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 ROTNET_GRID = {"conv1": 12, "conv2": 7, "conv3": 5, "conv4": 6, "conv5": 6}
 # (kernel, stride, padding) of the DeepCluster/VISSL average pools on the 224 px AlexNet maps
 DEEPCLUSTER_AVGPOOL = {"conv1": (19, 4, 0), "conv2": (12, 3, 0), "conv3": (9, 1, 0), "conv4": (9, 1, 0), "conv5": (8, 1, 0)}
