@@ -36,7 +36,7 @@ from selfsup.config import FIXED_ON_RESUME, RESUMABLE_CHANGES, OptimConfig, Trai
 from selfsup.data.device_decode import batch_images, device_decode_loader
 from selfsup.data.images import unit_float
 from selfsup.data.loading import Batch, BadFileLog, EpochBatchSampler, ViewCache, train_loader
-from selfsup.data.sources import ImageSource
+from selfsup.data.source_kinds import ImageSource
 from selfsup.distributed import DistInfo, all_reduce_sum
 from selfsup.epoch import EpochContext, EpochPlan, autocast_context
 from selfsup.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError

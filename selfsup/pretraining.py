@@ -13,7 +13,8 @@ from selfsup.config import PretrainConfig, from_dict
 from selfsup.data.decoded import decoded_source
 from selfsup.data.device_decode import reads_files
 from selfsup.data.loading import CenterCrop, RandomCrop, auto_workers
-from selfsup.data.sources import ImageSource, Splits, open_splits
+from selfsup.data.source_kinds import ImageSource
+from selfsup.data.sources import Splits, open_splits
 from selfsup.distributed import DistInfo
 from selfsup.engine import Monitor, Trainer
 from selfsup.errors import ConfigError, DataError

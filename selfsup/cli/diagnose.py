@@ -19,7 +19,7 @@ import sys
 from typing import Any
 
 from selfsup.cli.common import Parser, add_trust_option, user_errors_exit
-from selfsup.data.sources import LAYOUTS
+from selfsup.data.folders import LAYOUTS
 from selfsup.diagnose.diagnosis import ABLATED_TASKS, DEFAULT_IMAGES, DIAGNOSED_TASKS, diagnose
 from selfsup.errors import check_option_values
 
