@@ -4,26 +4,18 @@ and scalar metrics, ``takes_uint8``, ``example_images`` for TensorBoard, the epo
 where ``relabels_batches``, ``batch_labels``), never which task it is.
 
 A kNN monitor (``selfsup.probes.knn.KnnMonitor``, built by the caller from the encoder and the
-task's input mapping) may measure the encoder every ``train.knn_every`` epochs.
-
-A run ends at whichever of its budgets ends first: ``train.epochs``, ``train.max_steps`` (optimiser steps
-in all) or ``train.max_minutes`` (the run's wall time in all, resumes included, as in the summary's
-``wall_time_s``: epoch passes and the kNN monitor count). Budgets are checked after every step, so a time
-budget overshoots by at most one step (or one epoch's end); the lr schedule is fitted to them (see
-``selfsup.optim.lr_factor``), and the checkpoint and summary say which one ended the run (``ended_by``).
+task's input mapping) may measure the encoder every ``train.knn_every`` epochs. The trainer's checkpoints,
+budgets and reports are its parts in `selfsup.training_checkpoint`, `selfsup.training_budget` and
+`selfsup.training_log`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import math
 import sys
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ContextManager, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -31,38 +23,24 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from selfsup.checkpoint import atomic_file, atomic_save, load_checkpoint, nonfinite_tensors, rng_state, set_rng_state
-from selfsup.config import FIXED_ON_RESUME, RESUMABLE_CHANGES, OptimConfig, TrainConfig, config_differences
+from selfsup import training_budget
+from selfsup.checkpoint import atomic_file
+from selfsup.config import OptimConfig, TrainConfig
 from selfsup.data.device_decode import batch_images, device_decode_loader
 from selfsup.data.images import unit_float
 from selfsup.data.loading import Batch, BadFileLog, EpochBatchSampler, ViewCache, train_loader
-from selfsup.data.sources import ImageSource
-from selfsup.distributed import DistInfo, all_reduce_sum
+from selfsup.data.source_kinds import ImageSource
+from selfsup.distributed import DistInfo
 from selfsup.epoch import EpochContext, EpochPlan, autocast_context
-from selfsup.errors import CheckpointError, ConfigError, DataError, TrainingDivergedError
+from selfsup.errors import DataError, TrainingDivergedError
 from selfsup.optim import build_optimizer, build_scheduler
-
-log = logging.getLogger(__name__)
-
-
-class Monitor(Protocol):
-    """What the trainer asks of a monitor (``selfsup.probes.knn.KnnMonitor``): top-1 and top-5 (percent) of the
-    encoder as it is now, computed with ``autocast()`` around its forward passes; unreadable files go to
-    ``on_bad``."""
-
-    def evaluate(self, device: torch.device, autocast: Callable[[], ContextManager],
-                 on_bad: Callable[[list[str]], None]) -> dict[str, float]: ...
-
-CHECKPOINT_NAME = "last.pt"
-SUMMARY_NAME = "summary.json"
+from selfsup.training_budget import TrainerBudgets
+from selfsup.training_checkpoint import TrainerCheckpoints
+from selfsup.training_log import SUMMARY_NAME, EpochMeter, Monitor, TrainerLog, format_seconds
 
 # Decoded whole-source views kept in memory up to this size (CIFAR-10's 50,000 centre crops of 32 px: 150 MB);
 # larger sets are decoded at every pass.
 VIEW_CACHE_BYTES = 2 * 2**30
-
-# The run's clock, looked up at every call: tests drive time budgets through it without waiting.
-clock = time.perf_counter
-
 
 def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
     """Randomness of on-device pretext inputs, reproducible per (seed, step, rank) across resumes."""
@@ -83,39 +61,7 @@ def seed_step(seed: int, step: int, rank: int) -> None:
     torch.manual_seed((seed * 1_000_003 + step) * 64 + rank + GLOBAL_STREAM_OFFSET)
 
 
-@dataclass
-class EpochMeter:
-    """Sums of loss/metrics weighted by batch size, kept on the outputs' device (adding them reads nothing back
-    to the host); all-reduced across processes at epoch end."""
-
-    names: tuple[str, ...] = ()
-    sums: torch.Tensor | None = None
-
-    def add(self, outputs: dict[str, torch.Tensor], count: int) -> None:
-        first = next(iter(outputs.values()))
-        if self.sums is None:
-            self.names = tuple(outputs)
-            self.sums = torch.zeros(len(self.names) + 1, dtype=torch.float64, device=first.device)
-        elif self.sums.device != first.device:  # restored from a checkpoint (CPU)
-            self.sums = self.sums.to(first.device)
-        one = torch.ones((), dtype=torch.float64, device=first.device)
-        values = torch.stack([torch.as_tensor(outputs[n], device=first.device).double() for n in self.names] + [one])
-        self.sums += values * count
-
-    def averages(self) -> dict[str, float]:
-        if self.sums is None:
-            return {}
-        total = all_reduce_sum(self.sums.clone()).cpu()
-        return {name: float(total[i] / total[-1]) for i, name in enumerate(self.names)}
-
-    def state(self) -> dict[str, Any]:
-        return {"names": self.names, "sums": None if self.sums is None else self.sums.cpu()}
-
-    def load(self, state: dict[str, Any]) -> None:
-        self.names, self.sums = tuple(state["names"]), state["sums"]
-
-
-class Trainer:
+class Trainer(TrainerCheckpoints, TrainerBudgets, TrainerLog):
     """Runs ``epochs`` over ``source`` with checkpoints, logs and resumption.
 
     ``record`` is stored in every checkpoint and summary (config, what the task and encoder are),
@@ -175,7 +121,7 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * train_cfg.epochs
         self.optimizer = build_optimizer(self.model, optim_cfg)
         self.elapsed_before = 0.0
-        self._started = clock()  # fit() restarts it; set here for steps taken outside fit (ssl-bench)
+        self._started = training_budget.clock()  # fit() restarts it; set here for steps taken outside fit (ssl-bench)
         self.step_elapsed = 0.0  # the run's seconds after its latest step: the time budget's measure
         self.ended_by: str | None = None
         self.scheduler = build_scheduler(
@@ -210,147 +156,6 @@ class Trainer:
         device to finish its queue, so it happens every ``train.log_every`` steps, when logs are written
         anyway, and at checkpoints and epoch ends."""
         return 1 if self.device.type == "cpu" else max(1, self.cfg.log_every)
-
-    # ---------------------------------------------------------------- checkpoints
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.out_dir / CHECKPOINT_NAME
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **self.record,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step,
-            "epochs": self.cfg.epochs,
-            "budget": self._budget(),
-            "ended_by": self.ended_by,
-            "history": self.history,
-            "meter": self.meter.state(),
-            "bad_files": sorted(self.bad_files.messages),
-            "elapsed_s": self._elapsed(),
-            "images_seen": self.images_seen,
-            "epoch_metrics": self.epoch_metrics,
-            "rng": rng_state(),
-        }
-
-    def _save_checkpoint(self, path: Path | None = None) -> None:
-        """Writes the training state to ``path`` (default: last.pt)."""
-        self.check_finite()
-        if not self.dist.is_main:
-            return
-        bad = nonfinite_tensors(self.model.state_dict())
-        if bad:  # the optimiser can overflow finite gradients into infinite weights
-            raise TrainingDivergedError(
-                f"training diverged at step {self.global_step}: {len(bad)} weight tensor(s) became non-finite "
-                f"(e.g. {bad[0]}); they were not saved ({self._kept_text()}); "
-                f"lower optim.lr (now {self.optim_cfg.lr:g}) or set optim.grad_clip"
-            )
-        atomic_save(self.state_dict(), path or self.checkpoint_path)
-
-    def _kept_text(self) -> str:
-        if self.checkpoint_path.is_file():
-            return f"{self.checkpoint_path} keeps the last good state"
-        return "no checkpoint had been written yet"
-
-    def _check_resumed_config(self, saved: dict[str, Any]) -> None:
-        """Refuses a resume whose config differs from the checkpoint's beyond ``RESUMABLE_CHANGES``, unless
-        ``train.accept_config_changes``; then the record lists the accepted differences."""
-        if "config" not in saved:
-            raise CheckpointError(f"{self.checkpoint_path} holds no config: it is not an ssl-pretrain checkpoint")
-        changed = [d for d in config_differences(saved["config"], self.record["config"]) if d[0] not in RESUMABLE_CHANGES]
-        if not changed:
-            return
-        listed = "; ".join(f"{name}: {before!r} -> {after!r}" for name, before, after in changed)
-        fixed = [name for name, _, _ in changed if name.startswith(FIXED_ON_RESUME)]
-        if fixed:
-            raise ConfigError(f"--resume: {', '.join(fixed)} cannot change when resuming {self.checkpoint_path} "
-                              f"(the weights and the epoch position depend on them); differences: {listed}")
-        if not self.cfg.accept_config_changes:
-            raise ConfigError(f"--resume: the config differs from {self.checkpoint_path}'s ({listed}); resume with "
-                              "the same config, or pass --accept-config-changes to continue with the new values")
-        self.record["resumed_with_changes"] = [
-            {"field": name, "checkpoint": before, "now": after} for name, before, after in changed
-        ]
-        print(f"resuming with changed config: {listed}", file=sys.stderr)
-
-    def resume(self) -> bool:
-        if not self.checkpoint_path.is_file():
-            log.warning("--resume: no checkpoint at %s, starting from scratch", self.checkpoint_path)
-            return False
-        state = load_checkpoint(self.checkpoint_path, trust=self.trust_checkpoint)
-        self._check_resumed_config(state)
-        # load_state_dict restores the checkpoint's hyper-parameters; accepted optim.* changes must win
-        fresh_groups = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if any(change["field"].startswith("optim.") for change in self.record.get("resumed_with_changes", [])):
-            self._apply_optim_config(fresh_groups)
-        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
-        self.global_step = state["global_step"]
-        self.history = state["history"]
-        self.meter.load(state["meter"])
-        self.bad_files.messages = set(state["bad_files"])
-        self.elapsed_before = self.step_elapsed = state["elapsed_s"]
-        self.images_seen = state["images_seen"]
-        self.epoch_metrics = state.get("epoch_metrics", {})
-        set_rng_state(state["rng"])
-        if self.dist.is_main:
-            print(f"resumed from {self.checkpoint_path}: epoch {self.epoch + 1}, step {self.global_step}", file=sys.stderr)
-        return True
-
-    def _apply_optim_config(self, fresh_groups: list[dict[str, Any]]) -> None:
-        """Puts the new config's hyper-parameters into the resumed optimiser and schedule: the next step
-        runs at the new peak lr times the schedule's factor at that step."""
-        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
-        for group, fresh in zip(self.optimizer.param_groups, fresh_groups):
-            group.update(fresh)
-            group["lr"] = fresh["initial_lr"] * factor
-        self.scheduler.base_lrs = [fresh["initial_lr"] for fresh in fresh_groups]
-
-    # ---------------------------------------------------------------- budgets
-    def _budget(self) -> dict[str, Any]:
-        return {"epochs": self.cfg.epochs, "max_steps": self.cfg.max_steps, "max_minutes": self.cfg.max_minutes}
-
-    def _elapsed(self) -> float:
-        """Seconds of this run, over all its sessions (a checkpoint carries the earlier ones as ``elapsed_s``)."""
-        return self.elapsed_before + clock() - self._started
-
-    def _shared_elapsed(self) -> float:
-        """``_elapsed`` as rank 0 measures it: under a time budget every process must take the same lr and
-        stop after the same step, whatever its own clock says."""
-        elapsed = self._elapsed()
-        if self.dist.enabled and self.cfg.max_minutes:
-            box = torch.tensor([elapsed], dtype=torch.float64, device=self.device)
-            dist.broadcast(box, src=0)
-            elapsed = float(box)
-        return elapsed
-
-    def _time_progress(self) -> float:
-        """The fraction of the time budget spent at the latest step, for the lr schedule."""
-        return self.step_elapsed / (60.0 * self.cfg.max_minutes)
-
-    def _budget_ended(self, elapsed: float) -> str | None:
-        """The budget that ends the run at this step after ``elapsed`` seconds, or None. The epochs are
-        named first, then the step budget, then the time: a budget is named only when it cut the run short."""
-        if self.global_step >= self.total_steps:
-            return "epochs"
-        if self.cfg.max_steps and self.global_step >= self.cfg.max_steps:
-            return "max_steps"
-        if self.cfg.max_minutes and elapsed >= 60.0 * self.cfg.max_minutes:
-            return "max_minutes"
-        return None
-
-    # ---------------------------------------------------------------- logging
-    def _open_writer(self) -> None:
-        if self.dist.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=self.global_step or None)
 
     def _log_images(self, images: torch.Tensor) -> None:
         example = getattr(self.model, "example_images", None)
@@ -456,7 +261,7 @@ class Trainer:
                 dist.broadcast(buffer, src=0)
 
     def fit(self) -> dict[str, Any]:
-        self._started = clock()
+        self._started = training_budget.clock()
         if self.cfg.resume:
             self.resume()
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -498,7 +303,7 @@ class Trainer:
 
     def _run_epoch(self, bar: tqdm, relabel: Callable | None) -> None:
         """The rest of the current epoch's steps, with progress, logs and mid-epoch checkpoints."""
-        window_start, window_images = clock(), 0
+        window_start, window_images = training_budget.clock(), 0
         for batch in self.loader:
             if len(batch.labels) == 0:  # replace_bad found no readable image in the whole source
                 raise DataError(f"no readable image in {self.source.describe()}: every file failed to "
@@ -514,7 +319,7 @@ class Trainer:
             self.step_in_epoch += 1
             self.images_seen += count
             window_images += count
-            now = clock()
+            now = training_budget.clock()
             rate = window_images / max(now - window_start, 1e-9)
             if self.global_step % self.sync_every == 0:
                 self.check_finite()
@@ -522,7 +327,7 @@ class Trainer:
                     loss=f"{float(outputs['loss']):.3f}",
                     **{k: f"{float(v):.3f}" for k, v in outputs.items() if k != "loss"},
                     img_s=f"{rate:.0f}",
-                    eta=_format_seconds(self._seconds_left(rate)),
+                    eta=format_seconds(self._seconds_left(rate)),
                     refresh=False,
                 )
             bar.update(1)
@@ -543,35 +348,6 @@ class Trainer:
                 self._save_checkpoint()
             if self.cfg.keep_every and self.global_step % self.cfg.keep_every == 0:
                 self._save_checkpoint(self.checkpoint_path.with_name(f"step_{self.global_step:06d}.pt"))
-
-    def _seconds_left(self, rate: float) -> float:
-        """Until the first budget ends, at ``rate`` images/s."""
-        steps = min(self.total_steps, self.cfg.max_steps or self.total_steps) - self.global_step
-        seconds = steps * self.cfg.batch_size / max(rate, 1e-9)
-        if self.cfg.max_minutes:
-            seconds = min(seconds, 60.0 * self.cfg.max_minutes - self.step_elapsed)
-        return max(seconds, 0.0)
-
-    def _knn_due(self) -> bool:
-        every = self.cfg.knn_every
-        done = self.epoch + 1
-        return every > 0 and (done % every == 0 or done == self.cfg.epochs or self.ended_by is not None)
-
-    def _run_knn_monitor(self, monitor: Monitor) -> tuple[dict[str, float], float]:
-        """kNN val accuracy of the encoder and the seconds it took. Rank 0 alone computes it (a few
-        thousand images: sharding would save little) while the others wait for its result."""
-        result: tuple[dict[str, float], float] = ({}, 0.0)
-        if self.dist.is_main:
-            started = clock()
-            scores = monitor.evaluate(
-                self.device, lambda: autocast_context(self.cfg.precision, self.device), self.bad_files.add
-            )
-            result = ({"knn_top1": scores["top1"], "knn_top5": scores["top5"]}, clock() - started)
-        if self.dist.enabled:
-            box = [result]
-            dist.broadcast_object_list(box, src=0)
-            result = box[0]
-        return result
 
     def _end_epoch(self) -> None:
         averages = self.meter.averages()
@@ -600,34 +376,3 @@ class Trainer:
         if self.ended_by is None:  # the epoch's end (a kNN pass) may have used up the time budget
             self.ended_by = self._budget_ended(self._shared_elapsed())
         self._save_checkpoint()
-
-    def _summary(self, run_start_step: int) -> dict[str, Any]:
-        elapsed = self._elapsed()
-        final = self.history[-1] if self.history else {}
-        if self.step_in_epoch:  # a budget ended the run inside an epoch: that epoch's averages so far
-            final = {"epoch": self.epoch + 1, "step": self.global_step, "steps_in_epoch": self.step_in_epoch,
-                     "partial": True, **self.meter.averages(), **self.epoch_metrics}
-        return {
-            **{k: v for k, v in self.record.items()},
-            "checkpoint": str(self.checkpoint_path),
-            "epochs": self.cfg.epochs,
-            "budget": self._budget(),
-            "ended_by": self.ended_by,
-            "steps": self.global_step,
-            "final": final,
-            "history": self.history,
-            "images_seen": self.images_seen,
-            "images_per_s": round(self.images_seen / max(elapsed, 1e-9), 1),
-            "wall_time_s": round(elapsed, 1),
-            "bad_files_skipped": self.bad_files.count,
-            "bad_files": sorted(self.bad_files.messages)[:100],
-            "world_size": self.dist.world_size,
-            "device": str(self.device),
-        }
-
-
-def _format_seconds(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

@@ -15,7 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from selfsup.data.loading import Batch, ViewCache, eval_loader
-from selfsup.data.sources import ImageSource, IndexedSource
+from selfsup.data.source_kinds import ImageSource, IndexedSource
 from selfsup.distributed import DistInfo
 
 

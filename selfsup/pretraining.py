@@ -13,12 +13,14 @@ from selfsup.config import PretrainConfig, from_dict
 from selfsup.data.decoded import decoded_source
 from selfsup.data.device_decode import reads_files
 from selfsup.data.loading import CenterCrop, RandomCrop, auto_workers
-from selfsup.data.sources import ImageSource, Splits, open_splits
+from selfsup.data.source_kinds import ImageSource
+from selfsup.data.sources import Splits, open_splits
 from selfsup.distributed import DistInfo
-from selfsup.engine import Monitor, Trainer
+from selfsup.engine import Trainer
 from selfsup.errors import ConfigError, DataError
 from selfsup.models import build_encoder, use_channels_last
 from selfsup.pretext import TASKS, PretextTask, build_task
+from selfsup.training_log import Monitor
 
 
 @dataclass

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from selfsup.bench import measure_pipeline
+from selfsup.bench.pipeline import measure_pipeline
 from selfsup.cli.bench import PRETEXT_TASKS, main as bench_main, task_config, build_parser
 from selfsup.engine import Trainer
 
@@ -98,7 +98,7 @@ def test_bad_options_are_one_line_with_exit_2(argv, named, capsys):
 @pytest.mark.parametrize("task, size, piece_shape", [("jigsaw", 64, (9, 3, 18, 18)), ("context", 64, (2, 3, 18, 18))])
 def test_data_side_compares_the_batched_inputs_with_a_per_sample_reference_of_the_same_geometry(task, size,
                                                                                                  piece_shape):
-    from selfsup.bench import measure_data_side, reference_context, reference_jigsaw
+    from selfsup.bench.data_side import measure_data_side, reference_context, reference_jigsaw
     from selfsup.presets import load_preset
 
     options = load_preset("demo", task)["pretext"]

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import selfsup.engine as engine
+from selfsup import training_budget
 from selfsup.checkpoint import load_checkpoint
 from selfsup.cli.pretrain import main as pretrain_main
 from selfsup.config import OptimConfig
@@ -120,7 +121,7 @@ def test_the_epochs_end_the_run_when_they_come_first(tiny_folder, tmp_path):
 
 def test_max_minutes_ends_the_run(tiny_folder, tmp_path, monkeypatch):
     ticks = itertools.count()
-    monkeypatch.setattr(engine, "clock", lambda: 60.0 * next(ticks))  # every look at the clock: one minute on
+    monkeypatch.setattr(training_budget, "clock", lambda: 60.0 * next(ticks))  # every look at the clock: one minute on
     out = tmp_path / "run"
     assert pretrain_main(run_args(tiny_folder, out, "--max-minutes", "4.5")) == 0
     summary = summary_of(out)

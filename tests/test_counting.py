@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from selfsup.config import ConfigError, PretrainConfig, from_dict
-from selfsup.diagnose.solvers import counting_colour_solver
+from selfsup.diagnose.statistic_solvers import counting_colour_solver
 from selfsup.models import build_encoder
 from selfsup.pretext import TASKS, build_task, check_pretrain_config
 from selfsup.models.normalization import IMAGENET_MEAN, IMAGENET_STD, normalize_rgb

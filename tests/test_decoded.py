@@ -11,9 +11,10 @@ from PIL import Image
 
 from selfsup.data import decoded
 from selfsup.data.decoded import DecodedSource, decoded_source
+from selfsup.data.folders import scan_folder
 from selfsup.data.images import BadImageError, load_rgb
 from selfsup.data.loading import CenterCrop, EpochBatchSampler, RandomCrop, crop_uniforms, train_loader
-from selfsup.data.sources import IndexedSource, TorchvisionSource, scan_folder
+from selfsup.data.source_kinds import IndexedSource, TorchvisionSource
 
 
 def _folder_with_a_bad_file(root):

@@ -9,8 +9,8 @@ from PIL import Image
 from selfsup.data.device_decode import (
     DeviceDecodeDataset, batch_images, collate_encoded, crop_on_device, device_decode_loader,
 )
+from selfsup.data.folders import scan_folder
 from selfsup.data.loading import EpochBatchSampler, RandomCrop, TransformedDataset, crop_uniforms, train_loader
-from selfsup.data.sources import scan_folder
 
 CUDA = torch.cuda.is_available()
 

@@ -12,8 +12,9 @@ from PIL import Image
 
 from selfsup.cli.diagnose import main as diagnose_main
 from selfsup.cli.pretrain import main as pretrain_main
-from selfsup.diagnose.diagnosis import FIT_FRACTION, diagnose
+from selfsup.diagnose.diagnosis import diagnose
 from selfsup.diagnose.solvers import fit_split
+from selfsup.diagnose.tasks import FIT_FRACTION
 
 TINY_RUN = ["--epochs", "1", "--max-steps", "2", "--batch-size", "8", "--workers", "0", "--device", "cpu",
             "--precision", "fp32", "--width", "0.25", "--set", "data.decoded_cache_gb=0"]

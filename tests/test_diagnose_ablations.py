@@ -17,11 +17,10 @@ from selfsup.diagnose.solvers import (
     channel_shifts,
     context_aberration_solver,
     context_border_solver,
-    counting_colour_solver,
     jigsaw_border_predict,
     jigsaw_border_solver,
-    rotation_region_solver,
 )
+from selfsup.diagnose.statistic_solvers import counting_colour_solver, rotation_region_solver
 from selfsup.models import build_encoder
 from selfsup.pretext import build_task
 from selfsup.pretext.jigsaw import JigsawConfig, hamming_permutations, make_puzzles

@@ -7,16 +7,18 @@ import torch.nn.functional as F
 
 from selfsup.diagnose.solvers import (
     channel_shifts,
+    context_aberration_solver,
+    context_border_solver,
+    jigsaw_border_predict,
+    jigsaw_border_solver,
+)
+from selfsup.diagnose.statistic_solvers import (
     colorization_prior_solvers,
     colour_counts,
     colour_histograms,
-    context_aberration_solver,
-    context_border_solver,
     counting_colour_solver,
     deepcluster_histogram_solver,
     fit_count_scale,
-    jigsaw_border_predict,
-    jigsaw_border_solver,
     rotation_pixel_solver,
     rotation_region_solver,
 )

@@ -15,6 +15,7 @@ FLOORS: dict[str, int] = {
     "selfsup.checkpoint": 1, "selfsup.distributed": 1, "selfsup.outputs": 1, "selfsup.optim": 1,
     "selfsup.presets": 1, "selfsup.provenance": 1, "selfsup.clustering": 1, "selfsup.seeds": 1,
     "selfsup.engine": 2, "selfsup.epoch": 2,  # the training loop (knows no task); what epoch hooks may use of it
+    "selfsup.training_budget": 2, "selfsup.training_checkpoint": 2, "selfsup.training_log": 2,  # the loop's parts
     "selfsup.pretext": 3, "selfsup.pretraining": 3, "selfsup.bench": 3,  # tasks, and runs built from them
     "selfsup.probes": 4, "selfsup.diagnose": 4, "selfsup.visualize": 4,  # evaluation of encoders and tasks
     "selfsup.transfer": 5, "selfsup.probes.report": 5,  # transfer, and tables of every kind of record

@@ -14,22 +14,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from selfsup.data.sources import (
+from selfsup.data.folders import (
     IGNORED_HIDDEN,
     IGNORED_IN_SUBFOLDER,
     IGNORED_NOT_IMAGE,
     IGNORED_TOP_LEVEL,
-    DataError,
-    FolderSource,
-    ImageSource,
-    IndexedSource,
-    Splits,
-    TorchvisionSource,
-    open_splits,
     scan_folder,
-    stratified_holdout,
 )
-from selfsup.errors import ConfigError
+from selfsup.data.source_kinds import FolderSource, ImageSource, IndexedSource, TorchvisionSource
+from selfsup.data.sources import Splits, open_splits, stratified_holdout
+from selfsup.errors import ConfigError, DataError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

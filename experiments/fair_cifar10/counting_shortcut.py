@@ -38,7 +38,8 @@ from rotation_vs_random import HERE, cifar_folder  # noqa: E402
 
 from selfsup.checkpoint import atomic_file, load_checkpoint  # noqa: E402
 from selfsup.provenance import command_line, git_commit, machine_description  # noqa: E402
-from selfsup.data.sources import scan_folder, stratified_subset  # noqa: E402
+from selfsup.data.folders import scan_folder  # noqa: E402
+from selfsup.data.sources import stratified_subset  # noqa: E402
 from selfsup.models import build_encoder  # noqa: E402
 from selfsup.pretext.counting import NUM_TILES, CountingConfig, CountingTask, counting_loss  # noqa: E402
 from selfsup.probes.frozen import task_from_checkpoint  # noqa: E402

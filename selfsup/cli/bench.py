@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from selfsup.bench import measure_data_side, measure_epoch_share, measure_pipeline, measure_threads
+from selfsup.bench.data_side import measure_data_side
+from selfsup.bench.pipeline import measure_epoch_share, measure_pipeline, measure_threads
 from selfsup.checkpoint import atomic_file
 from selfsup.cli.common import Parser, add_overrides, int_list, user_errors_exit
 from selfsup.cli.pretrain import FLAGS, config_from_args

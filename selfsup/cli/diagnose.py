@@ -19,8 +19,9 @@ import sys
 from typing import Any
 
 from selfsup.cli.common import Parser, add_trust_option, user_errors_exit
-from selfsup.data.sources import LAYOUTS
-from selfsup.diagnose.diagnosis import ABLATED_TASKS, DEFAULT_IMAGES, DIAGNOSED_TASKS, diagnose
+from selfsup.data.folders import LAYOUTS
+from selfsup.diagnose.diagnosis import ABLATED_TASKS, DEFAULT_IMAGES, diagnose
+from selfsup.diagnose.subjects import DIAGNOSED_TASKS
 from selfsup.errors import check_option_values
 
 

@@ -33,7 +33,6 @@ from selfsup.config import (
 from selfsup.data.loading import CenterCrop
 from selfsup.data.sources import Splits
 from selfsup.distributed import init_distributed, shutdown
-from selfsup.engine import CHECKPOINT_NAME
 from selfsup.models import ARCHS
 from selfsup.outputs import RunLock, check_free_space, check_output_dir
 from selfsup.presets import load_preset
@@ -41,6 +40,7 @@ from selfsup.pretext import TASKS, PretextTask, check_pretrain_config
 from selfsup.pretraining import build_pretraining, loader_workers, new_trainer
 from selfsup.provenance import command_line, git_commit, machine_description
 from selfsup.probes.knn import KnnMonitor, random_subset
+from selfsup.training_checkpoint import CHECKPOINT_NAME
 
 FLAGS: dict[str, tuple[str, type, str]] = {
     "--task": ("task", str, "pretext task: " + ", ".join(TASKS)),

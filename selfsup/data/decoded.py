@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from selfsup.data import cache_root
 from selfsup.data.images import BadImageError
-from selfsup.data.sources import FolderSource, ImageSource, IndexedSource
+from selfsup.data.source_kinds import FolderSource, ImageSource, IndexedSource
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,8 @@ images and the multi-object detection scenes with their VOC boxes.
 Every image is a pure function of its key (split, class and number, or detection index) through its own
 seeded random stream, so any subset can be rendered in any order or process. Backgrounds are deliberately
 isotropic (noise, stripes at random angles, randomly rotated clutter): no global "sky is up" colour cue
-exists, and orientation must come from the objects (`selfsup.data.demo_draw`).
+exists, and orientation must come from the objects (`selfsup.data.demo_draw`), which are placed here at a
+random size, aspect, tilt and mirroring.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from selfsup.data.demo_draw import DEMO_CLASSES, _color, _grid, _render_object
+from selfsup.data.demo_draw import _CLASS_DRAW, DEMO_CLASSES
+from selfsup.data.demo_pen import _color, _grid, _Pen
 
 SEED = 20240521
 IMAGE_SIZE = 64
@@ -27,6 +29,10 @@ VOC_SIZE_RANGE = (112, 160)
 BOX_ALPHA = 0.3
 DIFFICULT_MIN_SIDE = 12.0  # geometric-mean box side below which an object is "tiny"
 DIFFICULT_VISIBLE = 0.45  # visible share of the in-image object below which it is "heavily occluded"
+# Objects are drawn this many times larger and box-filtered down: cheap and
+# clean anti-aliasing for PIL's aliased polygon rasteriser.
+SUPERSAMPLE = 3
+MAX_TILT_DEG = 15.0
 
 
 # --------------------------------------------------------------------------- backgrounds
@@ -104,6 +110,27 @@ def _background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     for layer in layers:
         out.alpha_composite(layer)
     return out
+
+
+# --------------------------------------------------------------------------- objects
+
+
+def _render_object(rng: np.random.Generator, cls: str, extent: float) -> Image.Image:
+    """RGBA object, tilted and maybe mirrored, cropped to its drawn pixels.
+
+    `extent` is the longer side of the tilted unit box in output pixels.
+    """
+    draw, (lo, hi) = _CLASS_DRAW[cls]
+    aspect = rng.uniform(lo, hi)
+    tilt = rng.uniform(-MAX_TILT_DEG, MAX_TILT_DEG)
+    mirror = bool(rng.random() < 0.5)  # mirroring keeps "up" up
+    c, s = abs(math.cos(math.radians(tilt))), abs(math.sin(math.radians(tilt)))
+    height = extent / max(aspect * c + s, aspect * s + c)
+    pen = _Pen(rng, aspect, height, SUPERSAMPLE, tilt, mirror)
+    draw(pen, rng)
+    img = pen.img.reduce(SUPERSAMPLE)
+    bbox = img.getchannel("A").point(lambda v: 255 if v > 8 else 0).getbbox()
+    return img.crop(bbox) if bbox else img
 
 
 # --------------------------------------------------------------------------- images

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from selfsup.data.images import BadImageError, load_rgb
 from selfsup.data.loading import Batch, EncodedJpegs, EpochBatchSampler, RandomCrop, crop_uniforms, training_loader
-from selfsup.data.sources import FolderSource, ImageSource, IndexedSource
+from selfsup.data.source_kinds import FolderSource, ImageSource, IndexedSource
 
 _EXIF_ORIENTATION = 0x0112
 _DEVICE_MODES = frozenset({"RGB", "L"})  # what nvJPEG decodes to RGB as PIL would

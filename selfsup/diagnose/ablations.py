@@ -18,6 +18,8 @@ context's patches and counting's views.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -154,3 +156,7 @@ def high_pass(images: Tensor, fraction: float = LOW_PASS_FRACTION) -> Tensor:
     """
     x = images.float()
     return (x - low_pass(x, fraction) + x.mean(dim=(-2, -1), keepdim=True)).to(images.dtype)
+
+
+# An ablation as the task functions list it: its name, the cue it destroys, and the function on the inputs.
+AblationSpec = tuple[str, str, Callable[[Tensor], Tensor]]
