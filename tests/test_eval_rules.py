@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import selfsup.cli.probe as probe_cli
-import selfsup.cli.finetune as finetune_cli
+import selfsup.probes.finetune_run as finetune_run
 import selfsup.probes.context as probe_context
 from selfsup.cli.finetune import main as finetune_main
 from selfsup.models import build_encoder
@@ -191,13 +191,13 @@ def test_auto_chooses_on_val_and_records_both_scores(context_checkpoint, tiny_fo
 def test_finetuning_starts_from_the_statistics_asked_for(bn_stats, context_checkpoint, tiny_folder, tmp_path,
                                                          monkeypatch):
     seen = []
-    fit = finetune_cli.fit
+    fit = finetune_run.fit
 
     def spy(model, *args, **kwargs):
         seen.append(named_batchnorms(model.encoder)[0][1].running_mean.clone())
         return fit(model, *args, **kwargs)
 
-    monkeypatch.setattr(finetune_cli, "fit", spy)
+    monkeypatch.setattr(finetune_run, "fit", spy)
     out = tmp_path / "finetune.json"
     assert finetune_main(["--checkpoint", str(context_checkpoint), "--data", str(tiny_folder), "--freeze", "conv5",
                           "--bn-stats", bn_stats, "--epochs", "1", "--batch-size", "12", "--workers", "0",

@@ -6,12 +6,13 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-import selfsup.cli.finetune as finetune_cli
+import selfsup.probes.finetune_run as finetune_run
 from selfsup.checkpoint import load_checkpoint
-from selfsup.cli.finetune import main as finetune_main
+from selfsup.cli.finetune import build_parser, main as finetune_main, options_from
 from selfsup.cli.pretrain import main as pretrain_main
 from selfsup.models import build_encoder
 from selfsup.probes.finetune import MultiLabel, build_classifier, column_name, trained_from
+from selfsup.probes.finetune_run import FinetuneOptions
 from conftest import one_error_line
 
 FAST = ["--epochs", "2", "--batch-size", "12", "--workers", "0"]
@@ -56,14 +57,14 @@ def make_voc(root, counts=(("train", 12), ("val", 6), ("test", 6)), size=32):
 def spy_fit(monkeypatch):
     """Captures the model ``fit`` trains, with its weights before training."""
     seen = {}
-    real_fit = finetune_cli.fit
+    real_fit = finetune_run.fit
 
     def fit(model, *args, **kwargs):
         seen["before"] = {name: value.clone() for name, value in model.state_dict().items()}
         seen["model"] = model
         return real_fit(model, *args, **kwargs)
 
-    monkeypatch.setattr(finetune_cli, "fit", fit)
+    monkeypatch.setattr(finetune_run, "fit", fit)
     return seen
 
 
@@ -161,11 +162,15 @@ def test_unknown_freeze_point_is_a_one_line_error(tiny_checkpoint, capsys):
     assert err.startswith("error: --freeze 'fc9' is invalid") and "none" in err and "conv5" in err
 
 
+def test_the_command_line_defaults_are_the_library_defaults():
+    assert options_from(build_parser().parse_args(["--checkpoint", "random"])) == FinetuneOptions(checkpoint="random")
+
+
 def test_interrupted_run_writes_no_record(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(finetune_cli, "fit", interrupted)
+    monkeypatch.setattr(finetune_run, "fit", interrupted)
     out = tmp_path / "ft.json"
     assert finetune_main(["--checkpoint", str(tiny_checkpoint), *FAST, "--out", str(out)]) == 130
     assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -12,8 +12,11 @@ from typing import Any, Callable
 
 import torch
 
+from selfsup.config import ModelConfig
 from selfsup.data.sources import LAYOUTS
 from selfsup.errors import UserError
+from selfsup.models import ARCHS
+from selfsup.pretext import TASKS
 
 
 def thread_count(text: str) -> int:
@@ -51,11 +54,32 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
-def add_trust_option(parser: argparse.ArgumentParser) -> None:
+def add_trust_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="DANGEROUS: load a checkpoint of an older format with full unpickling, which can run "
                              "any code the file holds, and convert it to the safe format in place (the original is "
                              "kept as NAME.orig); only for files you made yourself")
+
+
+def add_encoder_arguments(parser: argparse.ArgumentParser, *, out_help: str) -> None:
+    """The options ssl-probe, ssl-finetune and ssl-detect share: which encoder (a checkpoint, or a random one of
+    some architecture fed as some task feeds its encoder), where the run happens and where its record goes.
+    Added first, so that ``--checkpoint`` leads the usage line; ``--help`` lists them in a group of their own."""
+    parser.add_argument("--checkpoint", required=True, help="an ssl-pretrain checkpoint (last.pt) or 'random'")
+    group = parser.add_argument_group("encoder, device and record (shared by ssl-probe, ssl-finetune, ssl-detect)")
+    group.add_argument("--arch", default=ModelConfig.arch, choices=list(ARCHS),
+                       help=f"encoder for --checkpoint random (default {ModelConfig.arch})")
+    group.add_argument("--width", type=finite_float, default=None,
+                       help="width multiplier for --checkpoint random (default: the architecture's own)")
+    group.add_argument("--input-like", default="rotation", choices=sorted(TASKS),
+                       help="for --checkpoint random: feed the encoder as this task does (e.g. colorization: L only; "
+                            "default rotation: RGB)")
+    group.add_argument("--workers", type=int, default=1, help="data-loading processes (default 1; 0: in this one)")
+    group.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                       help="auto (default): CUDA when available")
+    group.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    group.add_argument("--out", default=None, help=out_help)
+    add_trust_option(group)
 
 
 def add_data_layout_option(parser: argparse.ArgumentParser) -> None:

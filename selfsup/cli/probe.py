@@ -28,17 +28,15 @@ import sys
 from typing import Any
 
 from selfsup.cli.common import (
-    Parser, add_data_layout_option, add_trust_option, finite_float, int_list, user_errors_exit,
+    Parser, add_data_layout_option, add_encoder_arguments, finite_float, int_list, user_errors_exit,
 )
-from selfsup.config import DataConfig, ModelConfig
-from selfsup.models import ARCHS
+from selfsup.config import DataConfig
 from selfsup.probes.bn import BN_STATS
 from selfsup.probes.knn import DEFAULT_KS
 from selfsup.probes.linear import PROTOCOLS
 from selfsup.probes.options import ALSO, AUTO_EPOCHS, AUTO_IMAGES, KNN_TEMPERATURE, METHODS, ProbeOptions
 from selfsup.probes.pooling import PRESETS
 from selfsup.probes.run import run_probe
-from selfsup.pretext import TASKS
 
 
 def name_list(text: str) -> list[str]:
@@ -58,8 +56,9 @@ def float_list(text: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="ssl-probe", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="an ssl-pretrain checkpoint (last.pt) or 'random'")
+    parser = Parser(prog="ssl-probe", description=__doc__)
+    add_encoder_arguments(parser, out_help="result JSON (default: next to the checkpoint, or under runs/random-ARCH/ "
+                                           "for random: probe_all.json, knn_conv3.json, ...)")
     parser.add_argument("--freeze", default="all", help="layer whose output is probed (e.g. conv3, res4), or 'all'")
     parser.add_argument("--method", default="linear", choices=METHODS,
                         help="linear: BatchNorm + linear classifier per layer; knn: weighted kNN vote; svm: one linear "
@@ -104,10 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write each split's pooled features per layer, labels and source indices as .npy")
     parser.add_argument("--max-cache-gb", type=finite_float, default=6.0,
                         help="cache pooled features in memory up to this size; above it they are streamed")
-    parser.add_argument("--arch", default=ModelConfig.arch, choices=list(ARCHS), help="encoder for --checkpoint random")
-    parser.add_argument("--width", type=finite_float, default=None, help="width multiplier for --checkpoint random")
-    parser.add_argument("--input-like", default="rotation", choices=sorted(TASKS),
-                        help="for --checkpoint random: feed the encoder as this task does (e.g. colorization: L only)")
     parser.add_argument("--image-size", type=int, default=None,
                         help=f"probe input size (default: the scale the checkpoint's task trained its encoder at, i.e. "
                              f"its eval_image_size of the training crop size; {DataConfig.image_size} for --checkpoint "
@@ -127,11 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "CPUs with AVX512-BF16 or AMX (about 3x faster head steps), fp32 elsewhere")
     parser.add_argument("--eval-crop", type=finite_float, default=None,
                         help="central fraction of the short side kept at evaluation (default 1.0 below 96 px, else 0.875)")
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="result JSON (default: next to the checkpoint)")
-    add_trust_option(parser)
     return parser
 
 

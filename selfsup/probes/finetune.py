@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from selfsup.data.images import unit_float
 from selfsup.data.loading import Batch
 from selfsup.epoch import autocast_context
 from selfsup.errors import ConfigError, DataError
@@ -190,7 +191,7 @@ class Selected:
 
 
 def _images(batch: Batch, device: torch.device) -> Tensor:
-    return batch.images.to(device, non_blocking=True).float().div_(255)
+    return unit_float(batch.images.to(device, non_blocking=True))
 
 
 def _progress_interval() -> float:

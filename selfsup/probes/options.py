@@ -74,16 +74,23 @@ def record_kind(options: ProbeOptions) -> str:
     return "knn"
 
 
+def default_record_path(checkpoint: str, arch: str, input_like: str, name: str) -> Path:
+    """Where ssl-probe, ssl-finetune and ssl-detect put the record file ``name`` when --out is not given: next to
+    the checkpoint, or for ``random`` under runs/random-ARCH/ (runs/random-ARCH-TASK-input/ when fed as a task
+    other than rotation feeds its encoder), so that random rows of different inputs do not overwrite each other."""
+    if checkpoint == "random":
+        suffix = "" if input_like == "rotation" else f"-{input_like}-input"
+        return Path("runs") / f"random-{arch}{suffix}" / name
+    return Path(checkpoint).parent / name
+
+
 def default_out(options: ProbeOptions) -> Path:
-    """``--out``, else the record's place: next to the checkpoint, or under runs/ for ``random``."""
+    """``--out``, else the record's place (:func:`default_record_path`)."""
     if options.out is not None:
         return Path(options.out)
     name = {"linear_probe": "probe", "lowshot_linear": "lowshot_linear", "knn": "knn", "svm_voc07": "svm",
             "lowshot_svm": "lowshot_svm"}[record_kind(options)]
-    if options.checkpoint == "random":
-        suffix = "" if options.input_like == "rotation" else f"-{options.input_like}-input"
-        return Path("runs") / f"random-{options.arch}{suffix}" / f"{name}_{options.freeze}.json"
-    return Path(options.checkpoint).parent / f"{name}_{options.freeze}.json"
+    return default_record_path(options.checkpoint, options.arch, options.input_like, f"{name}_{options.freeze}.json")
 
 
 def check_options(options: ProbeOptions) -> None:

@@ -2,7 +2,7 @@
 selection (`fit`), VOC scoring of a split and a figure of test detections.
 
 The detector comes from `selfsup.transfer.detection_model`, its images and boxes from
-`selfsup.transfer.detection_data`; ``ssl-detect`` (`selfsup.cli.detect`) puts them together.
+`selfsup.transfer.detection_data`; `selfsup.transfer.detection_run` puts them together.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -23,6 +24,7 @@ from torchvision.models.detection import FasterRCNN
 from tqdm import tqdm
 
 from selfsup.checkpoint import atomic_file
+from selfsup.data.images import unit_float
 from selfsup.data.voc import VocSplit
 from selfsup.errors import ConfigError, DataError
 from selfsup.transfer.detection_data import DetectionItem, split_truths
@@ -45,7 +47,7 @@ def _progress_interval() -> float:
 
 
 def _images(items: list[DetectionItem], device: torch.device) -> list[Tensor]:
-    return [item.image.to(device, non_blocking=True).float().div_(255) for item in items]
+    return [unit_float(item.image.to(device, non_blocking=True)) for item in items]
 
 
 def train_one_epoch(model: FasterRCNN, loader: DataLoader, optimizer: torch.optim.Optimizer,
@@ -181,6 +183,17 @@ def fit(model: FasterRCNN, train_loader: DataLoader, eval_loaders: dict[str, Dat
 PREDICTED = (230, 40, 40)
 TRUE = (40, 200, 60)
 DIFFICULT = (240, 200, 40)
+SCORE_THRESHOLD = 0.5
+# a weak detector scores nothing above the threshold: its best guesses still show what it learned
+AT_LEAST = 3
+
+
+def shown_detections(scores: np.ndarray, threshold: float = SCORE_THRESHOLD, at_least: int = AT_LEAST) -> np.ndarray:
+    """Indices of the detections a figure draws, best first: every one scoring above ``threshold``, and at
+    least the ``at_least`` best whatever their scores."""
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    above = int((np.asarray(scores) > threshold).sum())
+    return order[:max(above, at_least)]
 
 
 def _label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, colour: tuple[int, int, int],
@@ -191,15 +204,38 @@ def _label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, colour
     draw.text(xy, text, fill=(255, 255, 255), font=font)
 
 
+def _legend(width: int, threshold: float, at_least: int, font: ImageFont.ImageFont) -> Image.Image:
+    """The lines above the grid that say what its boxes are, wrapped to ``width`` pixels."""
+    text = (f"red: detections scoring above {threshold:g}, at least each image's top {at_least} (score shown); "
+            "green: true boxes (yellow: difficult)")
+    line_height = font.getbbox("Ag")[3] + 4
+    lines = [""]
+    for word in text.split():
+        joined = f"{lines[-1]} {word}".strip()
+        if lines[-1] and font.getlength(joined) > width - 8:
+            lines.append(word)
+        else:
+            lines[-1] = joined
+    strip = Image.new("RGB", (width, line_height * len(lines) + 6), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for row, line in enumerate(lines):
+        draw.text((4, 3 + row * line_height), line, fill=(0, 0, 0), font=font)
+    return strip
+
+
 def draw_detections(split: VocSplit, indices: Sequence[int], detections: Sequence[ImageDetections], path: str | Path,
-                    *, score_threshold: float = 0.5, count: int = 8, per_row: int = 4, cell: int = 256) -> Path:
-    """A PNG grid of the first ``count`` images: true boxes in green (difficult in yellow), detections
-    scoring above ``score_threshold`` in red, each with its class name (and score)."""
+                    *, score_threshold: float = SCORE_THRESHOLD, at_least: int = AT_LEAST, count: int = 8,
+                    per_row: int = 4, cell: int = 256) -> Path:
+    """A PNG grid of the first ``count`` images under a legend: true boxes in green (difficult in yellow), in
+    red the detections :func:`shown_detections` picks (above ``score_threshold``, at least the ``at_least``
+    best), each box with its class name (and score)."""
     font = ImageFont.load_default()
     shown = list(zip(indices, detections))[:count]
     per_row = max(1, min(per_row, len(shown)))
     rows = max(1, math.ceil(len(shown) / per_row))
-    sheet = Image.new("RGB", (per_row * cell, rows * cell), (255, 255, 255))
+    legend = _legend(per_row * cell, score_threshold, at_least, font)
+    sheet = Image.new("RGB", (per_row * cell, legend.height + rows * cell), (255, 255, 255))
+    sheet.paste(legend, (0, 0))
     for position, (index, found) in enumerate(shown):
         picture = split.load(index)
         scale = cell / max(picture.size)
@@ -210,13 +246,13 @@ def draw_detections(split: VocSplit, indices: Sequence[int], detections: Sequenc
             colour = DIFFICULT if obj.difficult else TRUE
             draw.rectangle(box, outline=colour, width=2)
             _label(draw, (box[0] + 2, box[3] - 12), split.classes[obj.label], colour, font)
-        for box, score, label in zip(found.boxes, found.scores, found.labels):
-            if score <= score_threshold:
-                continue
-            box = [float(v) * scale for v in box]
+        # the best last, drawn over the others
+        for which in shown_detections(found.scores, score_threshold, at_least)[::-1]:
+            box = [float(v) * scale for v in found.boxes[which]]
             draw.rectangle(box, outline=PREDICTED, width=2)
-            _label(draw, (box[0] + 2, box[1] + 2), f"{split.classes[int(label)]} {score:.2f}", PREDICTED, font)
-        sheet.paste(picture, ((position % per_row) * cell, (position // per_row) * cell))
+            label = f"{split.classes[int(found.labels[which])]} {found.scores[which]:.2f}"
+            _label(draw, (box[0] + 2, box[1] + 2), label, PREDICTED, font)
+        sheet.paste(picture, ((position % per_row) * cell, legend.height + (position // per_row) * cell))
     path = Path(path)
     with atomic_file(path) as handle:
         sheet.save(handle, format="PNG")
