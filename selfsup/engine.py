@@ -34,6 +34,7 @@ from selfsup.distributed import DistInfo
 from selfsup.epoch import EpochContext, EpochPlan, autocast_context
 from selfsup.errors import DataError, TrainingDivergedError
 from selfsup.optim import build_optimizer, build_scheduler
+from selfsup.seeds import mix_seed
 from selfsup.training_budget import TrainerBudgets
 from selfsup.training_checkpoint import TrainerCheckpoints
 from selfsup.training_log import SUMMARY_NAME, EpochMeter, Monitor, TrainerLog, format_seconds
@@ -42,23 +43,19 @@ from selfsup.training_log import SUMMARY_NAME, EpochMeter, Monitor, TrainerLog, 
 # larger sets are decoded at every pass.
 VIEW_CACHE_BYTES = 2 * 2**30
 
+
 def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
     """Randomness of on-device pretext inputs, reproducible per (seed, step, rank) across resumes."""
     gen = torch.Generator(device=device)
-    gen.manual_seed((seed * 1_000_003 + step) * 64 + rank)
+    gen.manual_seed(mix_seed("pretext inputs", seed, step, rank))
     return gen
-
-
-# Added to the step's seed for the global generators (dropout), so that their stream differs from the
-# step generator's while both stay functions of (seed, step, rank).
-GLOBAL_STREAM_OFFSET = 2**62
 
 
 def seed_step(seed: int, step: int, rank: int) -> None:
     """Seeds torch's global generators (CPU and CUDA) for one training step: dropout masks then depend on
     (seed, step, rank) alone, not on whatever drew from those generators before (a resume that rebuilds
     the data loader, a clustering pass), so a resumed run repeats the uninterrupted one exactly."""
-    torch.manual_seed((seed * 1_000_003 + step) * 64 + rank + GLOBAL_STREAM_OFFSET)
+    torch.manual_seed(mix_seed("global generators", seed, step, rank))
 
 
 class Trainer(TrainerCheckpoints, TrainerBudgets, TrainerLog):

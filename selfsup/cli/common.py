@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 from selfsup.config import ModelConfig
-from selfsup.data.sources import LAYOUTS
+from selfsup.data.folders import LAYOUTS
 from selfsup.errors import UserError
 from selfsup.models import ARCHS
 from selfsup.pretext import TASKS

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from selfsup.data.folders import IGNORED_NOT_IMAGE, check_layout, count_noun, scan_folder
-from selfsup.data.folders import LAYOUTS  # noqa: F401  (the values of open_splits' layout, offered by the CLIs)
 from selfsup.data.source_kinds import FolderSource, ImageSource, IndexedSource, TorchvisionSource
 from selfsup.data.torchvision_sets import TORCHVISION_DIRS, open_torchvision
 from selfsup.errors import DataError
