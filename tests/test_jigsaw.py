@@ -8,7 +8,7 @@ import torch
 
 from selfsup.config import ConfigError, PretrainConfig, from_dict
 from selfsup.models import build_encoder
-from selfsup.pretext import build_task, check_pretrain_config
+from selfsup.pretext import check_pretrain_config, new_task
 from selfsup.pretext import jigsaw
 from selfsup.pretext.jigsaw import (
     JigsawConfig,
@@ -36,7 +36,7 @@ def permutation_cache(tmp_path_factory, monkeypatch):
 
 def small_task(**options) -> JigsawTask:
     options = {"num_permutations": 10, "fc6_dim": 32, "fc7_dim": 64, "dropout": 0.0, **options}
-    return build_task("jigsaw", build_encoder("alexnet_small", width=0.25), options)
+    return new_task("jigsaw", build_encoder("alexnet_small", width=0.25), options)
 
 
 def coordinate_images(n: int, size: int) -> torch.Tensor:
@@ -268,7 +268,7 @@ def test_forward_gives_a_finite_loss_and_accuracy_and_learns_a_fixed_batch():
 
 
 def test_paper_geometry_pools_conv5_of_64px_tiles_to_3x3():
-    task = build_task("jigsaw", build_encoder("alexnet_jigsaw", width=0.25),
+    task = new_task("jigsaw", build_encoder("alexnet_jigsaw", width=0.25),
                       {"num_permutations": 10, "fc6_dim": 16, "fc7_dim": 16})
     conv5 = task.encoder.feature_shapes(64)["conv5"]
     assert conv5[1:] == (6, 6)
@@ -293,7 +293,7 @@ def test_check_image_size_rejects_crops_whose_tiles_are_too_small():
 
 
 def test_tiles_too_small_for_the_encoder_give_a_config_error():
-    task = build_task("jigsaw", build_encoder("alexnet_jigsaw", width=0.25),
+    task = new_task("jigsaw", build_encoder("alexnet_jigsaw", width=0.25),
                       {"num_permutations": 10, "fc6_dim": 16, "fc7_dim": 16})
     with pytest.raises(ConfigError, match="alexnet_jigsaw"):
         task(torch.rand(2, 3, 64, 64), torch.full((2,), -1))

@@ -57,7 +57,7 @@ from selfsup.errors import CheckpointError, ConfigError, DataError
 from selfsup.models import build_encoder
 from selfsup.outputs import check_output_file
 from selfsup.presets import load_preset
-from selfsup.pretext import TASKS, PretextTask, build_task
+from selfsup.pretext import TASKS, PretextTask, check_pretrain_record, load_task, new_task
 from selfsup.pretext.base import Examples
 from selfsup.clustering import nmi
 from selfsup.pretext.colorization import non_gray, rgb_to_lab
@@ -65,7 +65,6 @@ from selfsup.pretext.counting import NUM_TILES as COUNT_TILES
 from selfsup.pretext.counting import counting_loss
 from selfsup.pretext.jigsaw import layout_tiles, make_puzzles, unshuffle_tiles
 from selfsup.pretext.rotation import NUM_ROTATIONS, rotate_batch
-from selfsup.probes.frozen import check_pretrain_record, task_from_checkpoint
 from selfsup.probes.records import finish_record, write_record
 from selfsup.visualize import render_examples
 
@@ -146,7 +145,7 @@ def _checkpoint_subject(checkpoint: str, task_name: str | None, data: str | None
         cfg = from_dict(PretrainConfig, state.get("config"))
     except (ValueError, TypeError) as exc:  # ConfigError included: the values came from the file
         raise CheckpointError(f"checkpoint {checkpoint} has a config this version cannot read: {exc}") from exc
-    task = task_from_checkpoint(state, checkpoint)
+    task = load_task(checkpoint, state=state)
     return _Subject(task, cfg, state.get("image_size", cfg.data.image_size), True, *_open(cfg, data, data_root, layout))
 
 
@@ -161,7 +160,7 @@ def _preset_subject(task_name: str, data: str | None, data_root: str | None, lay
     task_cfg = task_cls.fit_to_data(from_dict(task_cls.Config, cfg.pretext, prefix="pretext."), len(splits.pretrain))
     progress(f"building task {task_name} with the demo preset's options (no checkpoint: no network column)")
     encoder = build_encoder(cfg.model.arch, in_channels=task_cls.encoder_channels(task_cfg), width=cfg.model.width)
-    task = build_task(task_name, encoder, dataclasses.asdict(task_cfg))
+    task = new_task(task_name, encoder, dataclasses.asdict(task_cfg))
     return _Subject(task.eval(), cfg, cfg.data.image_size, False, splits, spec)
 
 
