@@ -1,5 +1,6 @@
 """new_task and load_task: a task from its name and options, and back from the checkpoint it wrote."""
 
+import ast
 import dataclasses
 from pathlib import Path
 
@@ -81,3 +82,20 @@ def test_a_file_that_is_no_checkpoint_is_a_one_line_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError) as info:
         load_task(path)
     assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def test_evaluation_and_transfer_import_no_task_module():
+    """Probes, transfer, reports, console scripts and the training loop ask a task what PretextTask declares
+    (selfsup.pretext and selfsup.pretext.base); only pretext/, diagnose/ (per-task solvers by design) and
+    bench (per-task data pipelines) import a task's own module."""
+    package = Path(__file__).resolve().parents[1] / "selfsup"
+    task_modules = {cls.__module__ for cls in TASKS.values()}
+    found = []
+    for path in package.rglob("*.py"):
+        relative = path.relative_to(package).as_posix()
+        if relative.startswith(("pretext/", "diagnose/")) or relative == "bench.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module in task_modules:
+                found.append(f"selfsup/{relative} imports {node.module}")
+    assert not found, "\n".join(found)

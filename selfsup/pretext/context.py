@@ -43,7 +43,7 @@ from selfsup.config import ConfigError, option
 from selfsup.data.images import gather_windows, unit_float
 from selfsup.models import Encoder
 from selfsup.models.normalization import normalize_rgb
-from selfsup.pretext.base import KEPT_CHANNEL, PER_IMAGE, RGB, Examples, PretextTask, accuracy
+from selfsup.pretext.base import KEPT_CHANNEL, PER_IMAGE, RGB, Examples, InputMapping, PretextTask, accuracy
 
 NUM_POSITIONS = 8
 # (row, col) step of the neighbour from the centre patch for each label; y grows downwards.
@@ -268,15 +268,15 @@ class ContextTask(PretextTask):
     takes_uint8 = True  # two patches are a few percent of a crop's pixels: convert only those
 
     @classmethod
-    def input_kind(cls, cfg: ContextConfig) -> str:
+    def input_mapping(cls, cfg: ContextConfig) -> InputMapping:
         if cfg.color_mode == "drop":
             if not cfg.patch_norm:
                 raise ConfigError(
                     "context with color_mode=drop and patch_norm off is evaluated on green plus two channels "
                     "holding each image's mean green, which no conv on RGB expresses; it cannot be folded: use "
                     "--frontend exact")
-            return KEPT_CHANNEL
-        return PER_IMAGE if cfg.patch_norm else RGB
+            return InputMapping(KEPT_CHANNEL, kept_channel=EVAL_KEPT_CHANNEL)
+        return InputMapping(PER_IMAGE if cfg.patch_norm else RGB)
 
     @classmethod
     def check_image_size(cls, cfg: ContextConfig, image_size: int) -> None:

@@ -49,7 +49,7 @@ from selfsup.config import ConfigError, option
 from selfsup.data import cache_root
 from selfsup.data.images import gather_windows, unit_float
 from selfsup.models import Encoder
-from selfsup.pretext.base import PER_IMAGE, Examples, PretextFC, PretextTask, accuracy, linear_layers
+from selfsup.pretext.base import PER_IMAGE, Examples, InputMapping, PretextFC, PretextTask, accuracy, linear_layers
 
 log = logging.getLogger(__name__)
 
@@ -334,8 +334,8 @@ class JigsawTask(PretextTask):
     takes_uint8 = True  # nine tiles hold about 70% of a crop's pixels at the paper's geometry: convert those
 
     @classmethod
-    def input_kind(cls, cfg: JigsawConfig) -> str:
-        return PER_IMAGE
+    def input_mapping(cls, cfg: JigsawConfig) -> InputMapping:
+        return InputMapping(PER_IMAGE)
 
     @classmethod
     def check_image_size(cls, cfg: JigsawConfig, image_size: int) -> None:
