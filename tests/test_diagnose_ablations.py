@@ -24,7 +24,8 @@ from selfsup.diagnose.solvers import (
 )
 from selfsup.models import build_encoder
 from selfsup.pretext import new_task
-from selfsup.pretext.jigsaw import JigsawConfig, hamming_permutations, make_puzzles
+from selfsup.pretext.jigsaw import JigsawConfig, make_puzzles
+from selfsup.pretext.permutations import hamming_permutations
 from selfsup.pretext.rotation import rotate_batch
 from test_diagnose_solvers import (
     aberrated,

@@ -24,7 +24,8 @@ from selfsup.models import build_encoder
 from selfsup.pretext import new_task
 from selfsup.pretext.colorization import ColorizationConfig
 from selfsup.pretext.counting import NUM_TILES, counting_loss
-from selfsup.pretext.jigsaw import JigsawConfig, hamming_permutations, make_puzzles
+from selfsup.pretext.jigsaw import JigsawConfig, make_puzzles
+from selfsup.pretext.permutations import hamming_permutations
 
 SIZE = 64
 

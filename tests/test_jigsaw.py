@@ -9,21 +9,19 @@ import torch
 from selfsup.config import ConfigError, PretrainConfig, from_dict
 from selfsup.models import build_encoder
 from selfsup.pretext import check_pretrain_config, new_task
-from selfsup.pretext import jigsaw
+from selfsup.pretext import permutations
 from selfsup.pretext.jigsaw import (
     JigsawConfig,
     JigsawTask,
     TilePool,
-    hamming_permutations,
-    hamming_stats,
     make_puzzles,
-    permutation_set,
     cut_tiles,
     shuffle_tiles,
     standardize,
     tile_geometry,
     unshuffle_tiles,
 )
+from selfsup.pretext.permutations import hamming_permutations, hamming_stats, permutation_set
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +51,7 @@ def origin_of(channel: torch.Tensor, size: int) -> tuple[int, int]:
 
 
 def test_permutation_set_has_no_duplicates_and_reported_distances_match_a_recomputation(caplog):
-    with caplog.at_level(logging.INFO, logger="selfsup.pretext.jigsaw"):
+    with caplog.at_level(logging.INFO, logger="selfsup.pretext.permutations"):
         perms = permutation_set(100, 0)
     assert perms.shape == (100, 9)
     assert all(sorted(p) == list(range(9)) for p in perms.tolist())
@@ -83,7 +81,7 @@ def test_permutation_cache_is_written_once_and_then_used(permutation_cache, monk
     def must_not_run(n: int, seed: int) -> np.ndarray:
         raise AssertionError("the cached set should have been used")
 
-    monkeypatch.setattr(jigsaw, "hamming_permutations", must_not_run)
+    monkeypatch.setattr(permutations, "hamming_permutations", must_not_run)
     assert np.array_equal(permutation_set(20, 7), first)
     monkeypatch.undo()
     monkeypatch.setenv("SELFSUP_CACHE_DIR", str(permutation_cache))

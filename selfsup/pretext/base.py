@@ -78,6 +78,18 @@ class Examples:
     per_row: int
 
 
+def draw_box(images: Tensor, top_left: Tensor, size: int, color: tuple[float, float, float]) -> Tensor:
+    """A copy of ``images`` with a 1 px outline of the ``size`` box at each ``top_left`` (y, x)."""
+    side = images.shape[-1]
+    coords = torch.arange(side, device=images.device)
+    y0, x0 = top_left[:, 0].view(-1, 1, 1), top_left[:, 1].view(-1, 1, 1)
+    ys, xs = coords.view(1, -1, 1), coords.view(1, 1, -1)
+    inside = (ys >= y0) & (ys < y0 + size) & (xs >= x0) & (xs < x0 + size)
+    interior = (ys > y0) & (ys < y0 + size - 1) & (xs > x0) & (xs < x0 + size - 1)
+    outline = (inside & ~interior).unsqueeze(1)
+    return torch.where(outline, images.new_tensor(color).view(1, 3, 1, 1), images)
+
+
 class PretextTask(nn.Module):
     """A pretext task owns its heads and turns a batch of plain images into a loss.
 

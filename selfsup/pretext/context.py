@@ -43,7 +43,8 @@ from selfsup.config import ConfigError, option
 from selfsup.data.images import gather_windows, unit_float
 from selfsup.models import Encoder
 from selfsup.models.normalization import normalize_rgb
-from selfsup.pretext.base import KEPT_CHANNEL, PER_IMAGE, RGB, Examples, InputMapping, PretextTask, accuracy
+from selfsup.pretext.base import (KEPT_CHANNEL, PER_IMAGE, RGB, Examples, InputMapping, PretextTask, accuracy,
+                                  draw_box)
 
 NUM_POSITIONS = 8
 # (row, col) step of the neighbour from the centre patch for each label; y grows downwards.
@@ -389,15 +390,3 @@ class ContextTask(PretextTask):
             captions.append(f"label {label} = {DIRECTION_NAMES[label]} (green centre, red neighbour)")
             captions.append(f"fed: centre | neighbour; predicted {guess} = {DIRECTION_NAMES[guess]}")
         return Examples(grid, captions, per_row=4)
-
-
-def draw_box(images: Tensor, top_left: Tensor, size: int, color: tuple[float, float, float]) -> Tensor:
-    """A copy of ``images`` with a 1 px outline of the ``size`` box at each ``top_left`` (y, x)."""
-    side = images.shape[-1]
-    coords = torch.arange(side, device=images.device)
-    y0, x0 = top_left[:, 0].view(-1, 1, 1), top_left[:, 1].view(-1, 1, 1)
-    ys, xs = coords.view(1, -1, 1), coords.view(1, 1, -1)
-    inside = (ys >= y0) & (ys < y0 + size) & (xs >= x0) & (xs < x0 + size)
-    interior = (ys > y0) & (ys < y0 + size - 1) & (xs > x0) & (xs < x0 + size - 1)
-    outline = (inside & ~interior).unsqueeze(1)
-    return torch.where(outline, images.new_tensor(color).view(1, 3, 1, 1), images)
