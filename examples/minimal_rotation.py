@@ -9,14 +9,14 @@ import torch
 from selfsup.data.sources import open_splits
 from selfsup.data.loading import CenterCrop, EpochBatchSampler, RandomCrop, eval_loader, train_loader
 from selfsup.models import build_encoder
-from selfsup.pretext import build_task
+from selfsup.pretext import new_task
 from selfsup.probes.linear import (PROTOCOLS, LinearHeads, cached_batches, evaluate, extract_features,
                                    fix_batchnorm_statistics, train_heads)
 from selfsup.probes.pooling import build_pool
 
 torch.manual_seed(0)
 splits = open_splits("demo")  # generated once (about a minute), then read from the cache
-task = build_task("rotation", build_encoder("alexnet_small", width=0.5), {})
+task = new_task("rotation", build_encoder("alexnet_small", width=0.5), {})
 optimizer = torch.optim.SGD(task.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
 sampler = EpochBatchSampler(len(splits.pretrain), 64, seed=0)
 for step, batch in zip(range(40), train_loader(splits.pretrain, RandomCrop(32), sampler, workers=0, pin_memory=False)):

@@ -19,7 +19,7 @@ from selfsup.distributed import DistInfo
 from selfsup.engine import Trainer
 from selfsup.errors import ConfigError, DataError
 from selfsup.models import build_encoder, use_channels_last
-from selfsup.pretext import TASKS, PretextTask, build_task
+from selfsup.pretext import TASKS, PretextTask, new_task
 from selfsup.training_log import Monitor
 
 
@@ -45,7 +45,7 @@ def build_pretraining(cfg: PretrainConfig, *, workers: int = 0) -> Pretraining:
     task_cfg = task_cls.fit_to_data(from_dict(task_cls.Config, cfg.pretext, prefix="pretext."), len(source))
     in_channels = task_cls.encoder_channels(task_cfg)
     encoder = build_encoder(cfg.model.arch, in_channels=in_channels, width=cfg.model.width)
-    task = build_task(cfg.task, encoder, dataclasses.asdict(task_cfg), num_classes=len(source.classes) or None)
+    task = new_task(cfg.task, encoder, dataclasses.asdict(task_cfg), num_classes=len(source.classes) or None)
     return Pretraining(task, splits, source, in_channels)
 
 

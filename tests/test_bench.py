@@ -111,10 +111,10 @@ def test_data_side_compares_the_batched_inputs_with_a_per_sample_reference_of_th
     from PIL import Image
 
     from selfsup.models import build_encoder
-    from selfsup.pretext import build_task
+    from selfsup.pretext import new_task
     from selfsup.pretext.context import config_geometry
 
-    built = build_task(task, build_encoder("alexnet_small", width=0.25), options)
+    built = new_task(task, build_encoder("alexnet_small", width=0.25), options)
     crop = Image.fromarray((np.random.default_rng(0).random((size, size, 3)) * 255).astype(np.uint8))
     rng = np.random.default_rng(1)
     if task == "jigsaw":

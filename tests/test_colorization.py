@@ -9,7 +9,7 @@ from selfsup.checkpoint import load_checkpoint
 from selfsup.cli.pretrain import main as pretrain_main
 from selfsup.config import ConfigError, PretrainConfig, from_dict
 from selfsup.models import build_encoder
-from selfsup.pretext import build_task, check_pretrain_config
+from selfsup.pretext import check_pretrain_config, new_task
 from selfsup.pretext.colorization import (
     ColorizationTask,
     annealed_mean,
@@ -173,7 +173,7 @@ def colourful_batch(n: int = 4, size: int = 16) -> torch.Tensor:
 
 def small_task(**options) -> ColorizationTask:
     torch.manual_seed(0)
-    return build_task("colorization", build_encoder("alexnet_small", in_channels=1, width=0.25),
+    return new_task("colorization", build_encoder("alexnet_small", in_channels=1, width=0.25),
                       {"head_hidden": 32, **options})
 
 

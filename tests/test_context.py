@@ -3,7 +3,7 @@ import torch
 
 from selfsup.config import ConfigError, PretrainConfig, from_dict
 from selfsup.models import build_encoder
-from selfsup.pretext import build_task, check_pretrain_config
+from selfsup.pretext import check_pretrain_config, new_task
 from selfsup.pretext.context import (
     DIRECTION_NAMES,
     NEIGHBOUR_STEPS,
@@ -101,7 +101,7 @@ def test_crop_patches_cuts_the_boxes_at_the_given_corners():
 
 
 def test_anti_shortcut_guards_are_on_by_default():
-    task = build_task("context", build_encoder("alexnet_small", width=0.25), {})
+    task = new_task("context", build_encoder("alexnet_small", width=0.25), {})
     for cfg in (ContextConfig(), task.cfg):
         assert cfg.color_mode in ("drop", "project")
         assert cfg.color_mode == "drop"
@@ -112,9 +112,9 @@ def test_anti_shortcut_guards_are_on_by_default():
 
 def test_color_dropping_keeps_exactly_one_normalised_channel_and_noises_the_others():
     torch.manual_seed(0)
-    assert build_task("context", build_encoder("alexnet_small", width=0.25), {}).cfg.drop_noise_std == 0.01  # paper
+    assert new_task("context", build_encoder("alexnet_small", width=0.25), {}).cfg.drop_noise_std == 0.01  # paper
     # noise of unit std (relative to the kept channel) makes the checks below sharp
-    task = build_task("context", build_encoder("alexnet_small", width=0.25),
+    task = new_task("context", build_encoder("alexnet_small", width=0.25),
                       {"downsample_prob": 0.0, "drop_noise_std": 1.0})
     patches = smooth_patches(64, 16)
     fed = task.prepare_patches(patches, torch.Generator().manual_seed(1))
@@ -151,7 +151,7 @@ def test_per_patch_normalisation_gives_zero_mean_unit_std_per_channel():
     patches = smooth_patches(16, 15) * 0.3 + 0.5
     for fed in (
         normalize_per_patch(patches),
-        build_task("context", build_encoder("alexnet_small", width=0.25), {"drop_noise_std": 1.0})
+        new_task("context", build_encoder("alexnet_small", width=0.25), {"drop_noise_std": 1.0})
         .prepare_patches(patches, torch.Generator().manual_seed(0)),
     ):
         assert fed.mean(dim=(2, 3)).abs().max() < 0.3  # noise channels: sample mean of ~225 normals
@@ -201,7 +201,7 @@ def test_normalize_per_patch_equals_the_plain_formula():
 
 def test_forward_gives_finite_loss_and_accuracy_and_learns_a_fixed_batch():
     torch.manual_seed(0)
-    task = build_task("context", build_encoder("alexnet_small", width=0.25), {"fc6_dim": 32, "fc7_dim": 32})
+    task = new_task("context", build_encoder("alexnet_small", width=0.25), {"fc6_dim": 32, "fc7_dim": 32})
     images = smooth_patches(16, 34, seed=3)
     labels = torch.full((16,), -1)
     out = task(images, labels)  # no generator: falls back to a default one
@@ -218,7 +218,7 @@ def test_forward_gives_finite_loss_and_accuracy_and_learns_a_fixed_batch():
 
 
 def test_pairs_of_uint8_crops_equal_those_of_the_crops_in_unit_floats():
-    task = build_task("context", build_encoder("alexnet_small", in_channels=3, width=0.25), {})
+    task = new_task("context", build_encoder("alexnet_small", in_channels=3, width=0.25), {})
     crops = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
     from_uint8, pairs = task.make_pairs(crops, torch.Generator().manual_seed(5))
     from_float, float_pairs = task.make_pairs(crops.float() / 255, torch.Generator().manual_seed(5))
@@ -228,7 +228,7 @@ def test_pairs_of_uint8_crops_equal_those_of_the_crops_in_unit_floats():
 
 
 def test_example_images_show_crops_with_boxes_and_the_fed_pairs():
-    task = build_task("context", build_encoder("alexnet_small", width=0.25), {"fc6_dim": 16, "fc7_dim": 16}).eval()
+    task = new_task("context", build_encoder("alexnet_small", width=0.25), {"fc6_dim": 16, "fc7_dim": 16}).eval()
     with torch.no_grad():
         shown = task.example_images(torch.rand(6, 3, 40, 40), torch.Generator().manual_seed(0))
     assert shown.images.shape == (8, 3, 40, 40) and len(shown.captions) == 8

@@ -7,7 +7,7 @@ from PIL import Image
 from selfsup.config import ConfigError, PretrainConfig, from_dict
 from selfsup.diagnose.statistic_solvers import counting_colour_solver
 from selfsup.models import build_encoder
-from selfsup.pretext import TASKS, build_task, check_pretrain_config
+from selfsup.pretext import TASKS, check_pretrain_config, new_task
 from selfsup.models.normalization import IMAGENET_MEAN, IMAGENET_STD, normalize_rgb
 from selfsup.pretext.counting import (
     FILTERS,
@@ -26,7 +26,7 @@ MARGIN = 10.0
 
 def small_task(**options) -> CountingTask:
     torch.manual_seed(0)
-    return build_task("counting", build_encoder("alexnet_small", width=0.25), {"feature_dim": 64, **options})
+    return new_task("counting", build_encoder("alexnet_small", width=0.25), {"feature_dim": 64, **options})
 
 
 def area_downsample(images: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from selfsup.data.voc import open_voc
 from selfsup.errors import CheckpointError
 from selfsup.models import build_encoder
 from selfsup.models.normalization import IMAGENET_MEAN, IMAGENET_STD
-from selfsup.pretext import build_task
+from selfsup.pretext import new_task
 from selfsup.pretext.context import normalize_per_patch
 from selfsup.probes.bn import bn_statistics, reestimate_bn_statistics
 from selfsup.transfer.detection import PREDICTED, draw_detections, shown_detections
@@ -104,7 +104,7 @@ def fake_checkpoint(path: Path, task: str = "rotation", edit=None) -> Path:
     """An untrained ssl-pretrain checkpoint of ``task`` on a quarter-width alexnet_small (pickled as older
     versions saved), changed by ``edit(state)``."""
     torch.manual_seed(0)
-    model = build_task(task, build_encoder("alexnet_small", width=0.25), {})
+    model = new_task(task, build_encoder("alexnet_small", width=0.25), {})
     state = {"encoder": {"arch": "alexnet_small", "in_channels": 3, "width": 0.25},
              "task": {"name": task, "options": {}, "num_classes": None}, "model": model.state_dict(), "image_size": 32}
     if edit is not None:
@@ -185,7 +185,7 @@ def test_the_checkpoint_is_read_once_and_gives_the_pretext_fc_layers(tmp_path, m
 
 
 def load_task(checkpoint: Path):
-    return frozen_module.task_from_checkpoint(torch.load(checkpoint, weights_only=True), checkpoint)
+    return frozen_module.load_task(checkpoint, state=torch.load(checkpoint, weights_only=True))
 
 
 @pytest.mark.parametrize("frontend", ["fold", "exact"])

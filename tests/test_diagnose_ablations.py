@@ -22,8 +22,9 @@ from selfsup.diagnose.solvers import (
 )
 from selfsup.diagnose.statistic_solvers import counting_colour_solver, rotation_region_solver
 from selfsup.models import build_encoder
-from selfsup.pretext import build_task
-from selfsup.pretext.jigsaw import JigsawConfig, hamming_permutations, make_puzzles
+from selfsup.pretext import new_task
+from selfsup.pretext.jigsaw import JigsawConfig, make_puzzles
+from selfsup.pretext.permutations import hamming_permutations
 from selfsup.pretext.rotation import rotate_batch
 from test_diagnose_solvers import (
     aberrated,
@@ -70,7 +71,7 @@ def test_masking_the_borders_brings_the_jigsaw_border_solver_on_smooth_tiles_to_
 
 
 def test_masking_the_borders_brings_the_context_border_solver_on_a_smooth_image_to_chance(encoder):
-    unguarded = build_task("context", encoder, {"color_mode": "none", "patch_norm": False, "downsample_prob": 0.0})
+    unguarded = new_task("context", encoder, {"color_mode": "none", "patch_norm": False, "downsample_prob": 0.0})
     centres, neighbours, labels = pairs(unguarded, smooth_images(300))
     assert context_border_solver(centres, neighbours, labels).value >= 0.95
     width = border_width(centres.shape[-1])
@@ -95,7 +96,7 @@ def test_align_channels_moves_a_planted_shift_back_onto_green_and_leaves_green_a
 
 
 def test_aligning_the_channels_takes_most_of_a_planted_chromatic_aberration_from_the_context_solver(encoder):
-    task = build_task("context", encoder, {"color_mode": "none", "downsample_prob": 0.0})
+    task = new_task("context", encoder, {"color_mode": "none", "downsample_prob": 0.0})
     centres, neighbours, labels = pairs(task, aberrated(400, 3, zoom=0.05))
     before = context_aberration_solver(centres, neighbours, labels).value
     after = context_aberration_solver(align_channels(centres), align_channels(neighbours), labels).value
@@ -107,7 +108,7 @@ def test_aligning_the_channels_takes_most_of_a_planted_chromatic_aberration_from
 
 
 def test_equalising_colour_statistics_brings_the_counting_colour_solver_to_chance(encoder):
-    task = build_task("counting", encoder, {})
+    task = new_task("counting", encoder, {})
     views = task.make_inputs(coloured_images(200, 5), generator()).images
     assert counting_colour_solver(views, task.cfg.margin).value >= 0.95
     equalised = equalise_colour_statistics(views)

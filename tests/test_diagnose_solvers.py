@@ -23,10 +23,11 @@ from selfsup.diagnose.statistic_solvers import (
     rotation_region_solver,
 )
 from selfsup.models import build_encoder
-from selfsup.pretext import build_task
+from selfsup.pretext import new_task
 from selfsup.pretext.colorization import ColorizationConfig
 from selfsup.pretext.counting import NUM_TILES, counting_loss
-from selfsup.pretext.jigsaw import JigsawConfig, hamming_permutations, make_puzzles
+from selfsup.pretext.jigsaw import JigsawConfig, make_puzzles
+from selfsup.pretext.permutations import hamming_permutations
 
 SIZE = 64
 
@@ -104,7 +105,7 @@ def pairs(task, images: torch.Tensor, seed: int = 0):
 
 
 def test_context_border_solver_locates_patches_of_a_smooth_image_and_not_of_noise(encoder):
-    unguarded = build_task("context", encoder, {"color_mode": "none", "patch_norm": False, "downsample_prob": 0.0})
+    unguarded = new_task("context", encoder, {"color_mode": "none", "patch_norm": False, "downsample_prob": 0.0})
     result = context_border_solver(*pairs(unguarded, smooth_images(300)))
     assert result.value >= 0.95 and result.chance == 1 / 8
     assert context_border_solver(*pairs(unguarded, noise_images(300, 1))).value < 0.25
@@ -124,13 +125,13 @@ def test_channel_shifts_measure_a_planted_shift_against_green_to_a_fraction_of_a
 
 
 def test_context_aberration_solver_reads_a_planted_chromatic_aberration_and_nothing_else(encoder):
-    task = build_task("context", encoder, {"color_mode": "none", "downsample_prob": 0.0})
+    task = new_task("context", encoder, {"color_mode": "none", "downsample_prob": 0.0})
     result = context_aberration_solver(*pairs(task, aberrated(400, 3, zoom=0.05)))
     assert result.value > 0.8 and result.chance == 1 / 8
     assert context_aberration_solver(*pairs(task, aberrated(400, 3, zoom=0.0))).value < 0.25
     assert context_aberration_solver(*pairs(task, noise_images(400, 4))).value < 0.25
     # Context's default colour dropping replaces two channels by noise: the cue is gone.
-    guarded = build_task("context", encoder, {})
+    guarded = new_task("context", encoder, {})
     assert context_aberration_solver(*pairs(guarded, aberrated(400, 3, zoom=0.05))).value < 0.25
 
 
@@ -147,7 +148,7 @@ def coloured_images(count: int, seed: int, size: int = 32) -> torch.Tensor:
 
 
 def test_counting_colour_solver_counts_coloured_images_and_fails_on_shuffled_tiles(encoder):
-    task = build_task("counting", encoder, {})
+    task = new_task("counting", encoder, {})
     n = 200
     views = task.make_inputs(coloured_images(n, 5), generator()).images
     result = counting_colour_solver(views, task.cfg.margin)

@@ -15,7 +15,7 @@ import selfsup.probes.finetune_run as finetune_run
 import selfsup.probes.context as probe_context
 from selfsup.cli.finetune import main as finetune_main
 from selfsup.models import build_encoder
-from selfsup.pretext import TASKS, build_task
+from selfsup.pretext import TASKS, new_task
 from selfsup.pretext.context import ContextTask, normalize_per_patch
 from selfsup.probes.bn import named_batchnorms, reestimate_bn_statistics
 from selfsup.probes.frozen import load_frozen
@@ -28,7 +28,7 @@ def save_checkpoint(path: Path, task_name: str, options: dict, image_size: int, 
     """An ssl-pretrain checkpoint of an untrained ``task_name`` (what load_frozen reads of one)."""
     torch.manual_seed(0)
     encoder = build_encoder("alexnet_small", in_channels=in_channels, width=0.25)
-    task = build_task(task_name, encoder, options)
+    task = new_task(task_name, encoder, options)
     state = {"encoder": {"arch": "alexnet_small", "in_channels": in_channels, "width": 0.25},
              "task": {"name": task_name, "options": dataclasses.asdict(task.cfg), "num_classes": None},
              "model": task.state_dict(), "image_size": image_size, "data": {}}

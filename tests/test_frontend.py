@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from selfsup.errors import ConfigError
 from selfsup.models import build_encoder
-from selfsup.pretext import build_task
+from selfsup.pretext import new_task
 from selfsup.models.normalization import IMAGENET_MEAN, normalize_rgb
 from selfsup.pretext.context import normalize_per_patch
 from selfsup.pretext.colorization import rgb_to_lab
@@ -130,7 +130,7 @@ def test_unknown_task_is_refused():
 def test_context_colour_drop_folds_its_evaluation_mapping_the_kept_green_channel():
     torch.manual_seed(0)
     encoder = build_encoder("alexnet_small", width=0.25)
-    task = build_task("context", encoder, {}).eval()
+    task = new_task("context", encoder, {}).eval()
     assert task.cfg.color_mode == "drop" and task.cfg.patch_norm
     folded, description = fold_input_mapping(encoder, "context", {})
     assert description.startswith("green only") and "not exact" in description

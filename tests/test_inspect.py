@@ -4,7 +4,7 @@ from PIL import Image
 
 from selfsup.cli.inspect import main as inspect_main
 from selfsup.models import build_encoder
-from selfsup.pretext import build_task
+from selfsup.pretext import new_task
 from conftest import one_error_line
 
 
@@ -22,7 +22,7 @@ def test_inspect_writes_a_captioned_png_of_the_rotated_inputs(tiny_folder, tmp_p
 def fake_checkpoint(path, edit=None):
     """An untrained rotation checkpoint (pickled as older versions saved), changed by ``edit(state)``."""
     torch.manual_seed(0)
-    model = build_task("rotation", build_encoder("alexnet_small", width=0.25), {})
+    model = new_task("rotation", build_encoder("alexnet_small", width=0.25), {})
     state = {"encoder": {"arch": "alexnet_small", "in_channels": 3, "width": 0.25},
              "task": {"name": "rotation", "options": {}, "num_classes": None}, "model": model.state_dict(),
              "image_size": 16}

@@ -8,22 +8,20 @@ import torch
 
 from selfsup.config import ConfigError, PretrainConfig, from_dict
 from selfsup.models import build_encoder
-from selfsup.pretext import build_task, check_pretrain_config
-from selfsup.pretext import jigsaw
+from selfsup.pretext import check_pretrain_config, new_task
+from selfsup.pretext import permutations
 from selfsup.pretext.jigsaw import (
     JigsawConfig,
     JigsawTask,
     TilePool,
-    hamming_permutations,
-    hamming_stats,
     make_puzzles,
-    permutation_set,
     cut_tiles,
     shuffle_tiles,
     standardize,
     tile_geometry,
     unshuffle_tiles,
 )
+from selfsup.pretext.permutations import hamming_permutations, hamming_stats, permutation_set
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +34,7 @@ def permutation_cache(tmp_path_factory, monkeypatch):
 
 def small_task(**options) -> JigsawTask:
     options = {"num_permutations": 10, "fc6_dim": 32, "fc7_dim": 64, "dropout": 0.0, **options}
-    return build_task("jigsaw", build_encoder("alexnet_small", width=0.25), options)
+    return new_task("jigsaw", build_encoder("alexnet_small", width=0.25), options)
 
 
 def coordinate_images(n: int, size: int) -> torch.Tensor:
@@ -53,7 +51,7 @@ def origin_of(channel: torch.Tensor, size: int) -> tuple[int, int]:
 
 
 def test_permutation_set_has_no_duplicates_and_reported_distances_match_a_recomputation(caplog):
-    with caplog.at_level(logging.INFO, logger="selfsup.pretext.jigsaw"):
+    with caplog.at_level(logging.INFO, logger="selfsup.pretext.permutations"):
         perms = permutation_set(100, 0)
     assert perms.shape == (100, 9)
     assert all(sorted(p) == list(range(9)) for p in perms.tolist())
@@ -83,7 +81,7 @@ def test_permutation_cache_is_written_once_and_then_used(permutation_cache, monk
     def must_not_run(n: int, seed: int) -> np.ndarray:
         raise AssertionError("the cached set should have been used")
 
-    monkeypatch.setattr(jigsaw, "hamming_permutations", must_not_run)
+    monkeypatch.setattr(permutations, "hamming_permutations", must_not_run)
     assert np.array_equal(permutation_set(20, 7), first)
     monkeypatch.undo()
     monkeypatch.setenv("SELFSUP_CACHE_DIR", str(permutation_cache))
@@ -268,7 +266,7 @@ def test_forward_gives_a_finite_loss_and_accuracy_and_learns_a_fixed_batch():
 
 
 def test_paper_geometry_pools_conv5_of_64px_tiles_to_3x3():
-    task = build_task("jigsaw", build_encoder("alexnet_jigsaw", width=0.25),
+    task = new_task("jigsaw", build_encoder("alexnet_jigsaw", width=0.25),
                       {"num_permutations": 10, "fc6_dim": 16, "fc7_dim": 16})
     conv5 = task.encoder.feature_shapes(64)["conv5"]
     assert conv5[1:] == (6, 6)
@@ -293,7 +291,7 @@ def test_check_image_size_rejects_crops_whose_tiles_are_too_small():
 
 
 def test_tiles_too_small_for_the_encoder_give_a_config_error():
-    task = build_task("jigsaw", build_encoder("alexnet_jigsaw", width=0.25),
+    task = new_task("jigsaw", build_encoder("alexnet_jigsaw", width=0.25),
                       {"num_permutations": 10, "fc6_dim": 16, "fc7_dim": 16})
     with pytest.raises(ConfigError, match="alexnet_jigsaw"):
         task(torch.rand(2, 3, 64, 64), torch.full((2,), -1))

@@ -288,7 +288,7 @@ def test_records_of_one_runs_also_protocols_count_its_wall_time_once(tmp_path):
 
 
 def test_a_run_ended_by_its_time_budget_shows_its_partial_epoch_and_why_it_ended():
-    from selfsup.probes.report import epochs_text, pretext_progress
+    from selfsup.probes.report.runs import epochs_text, pretext_progress
 
     summary = {"epochs": 10000, "ended_by": "max_minutes", "history": [],
                "final": {"epoch": 1, "step": 343, "steps_in_epoch": 343, "partial": True, "acc": 0.152}}
@@ -351,3 +351,47 @@ def test_a_report_of_diagnose_records_alone_and_a_diagnosis_without_checkpoint(t
     write(tmp_path, "broken.json", broken)
     _, skipped = load_records([tmp_path])
     assert skipped == [(str(tmp_path / "broken.json"), "diagnose record without rows")]
+
+
+def test_the_input_a_row_was_fed_is_what_its_task_declares():
+    from selfsup.pretext.base import KEPT_CHANNEL, LIGHTNESS, PER_IMAGE, RGB, SOBEL
+    from selfsup.probes.report.rows import fed_as, input_kind
+
+    def trained(task, options, in_channels=3):
+        record = linear_record(task, (1.0, 2.0, 3.0), in_channels=in_channels)
+        record["pretraining"] = {"task": {"name": task, "options": options}}
+        return record
+
+    def random_like(task, in_channels=3):
+        record = linear_record("random", (1.0, 2.0, 3.0), in_channels=in_channels)
+        record["pretraining"] = {"task": {"name": "random", "input": task}}
+        return record
+
+    assert input_kind(trained("deepcluster", {"sobel": False})) == RGB
+    assert input_kind(trained("deepcluster", {}, in_channels=2)) == SOBEL
+    assert input_kind(trained("context", {"color_mode": "none"})) == PER_IMAGE
+    assert input_kind(random_like("context")) == KEPT_CHANNEL and input_kind(random_like("jigsaw")) == PER_IMAGE
+    # no task this version declares: the mapping the channels name
+    assert input_kind(trained("from_the_future", {})) == RGB
+    assert input_kind(linear_record("random", (1.0,), in_channels=1)) == LIGHTNESS
+    # rows say which task a random encoder was fed like, unless the default or the channels say it already
+    assert [fed_as(random_like(task, channels)) for task, channels in (
+        ("rotation", 3), ("colorization", 1), ("deepcluster", 2), ("counting", 3), ("jigsaw", 3))] == [
+        None, None, None, "counting", "jigsaw"]
+
+
+def test_a_method_without_a_random_encoder_fed_like_it_is_compared_with_the_plain_rgb_one(tmp_path):
+    def with_task(record, task):
+        record["pretraining"] = {"task": task}
+        return record
+
+    write(tmp_path, "random.json", with_task(linear_record("random", (30.0, 40.0, 41.0)),
+                                             {"name": "random", "input": "rotation"}))
+    write(tmp_path, "random_counting.json", with_task(linear_record("random", (20.0, 22.0, 24.0)),
+                                                      {"name": "random", "input": "counting"}))
+    write(tmp_path, "jigsaw.json", with_task(linear_record("jigsaw", (25.0, 50.0, 28.0), checkpoint="j/last.pt"),
+                                             {"name": "jigsaw", "options": {}}))
+    lines = build_report(load_records([tmp_path])[0], title="t", command="ssl-report x").splitlines()
+    jigsaw = next(line for line in lines if line.startswith("| jigsaw |"))
+    assert "+9.00" in jigsaw and "vs random init (RGB input, 32 px))" in jigsaw  # 50 - 41, not the counting row
+    assert any(line.startswith("| random init (RGB input as counting, 32 px) |") for line in lines)

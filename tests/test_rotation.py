@@ -1,7 +1,7 @@
 import torch
 
 from selfsup.models import build_encoder
-from selfsup.pretext import build_task
+from selfsup.pretext import new_task
 from selfsup.pretext.rotation import NUM_ROTATIONS, rotate_batch
 
 
@@ -42,7 +42,7 @@ def test_every_image_appears_in_all_four_rotations_in_the_batch():
 
 def test_rotation_task_forward_gives_loss_and_accuracy_and_learns():
     torch.manual_seed(0)
-    task = build_task("rotation", build_encoder("alexnet_small", width=0.25), {"head_hidden": 32})
+    task = new_task("rotation", build_encoder("alexnet_small", width=0.25), {"head_hidden": 32})
     images = torch.rand(4, 3, 16, 16)
     images[:, :, :4] = 1.0  # a bright top band: trivially learnable orientation
     labels = torch.full((4,), -1)

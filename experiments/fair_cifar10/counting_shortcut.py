@@ -36,13 +36,13 @@ from sklearn.linear_model import LogisticRegression
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rotation_vs_random import HERE, cifar_folder  # noqa: E402
 
-from selfsup.checkpoint import atomic_file, load_checkpoint  # noqa: E402
+from selfsup.checkpoint import atomic_file  # noqa: E402
 from selfsup.provenance import command_line, git_commit, machine_description  # noqa: E402
 from selfsup.data.folders import scan_folder  # noqa: E402
 from selfsup.data.sources import stratified_subset  # noqa: E402
 from selfsup.models import build_encoder  # noqa: E402
 from selfsup.pretext.counting import NUM_TILES, CountingConfig, CountingTask, counting_loss  # noqa: E402
-from selfsup.probes.frozen import task_from_checkpoint  # noqa: E402
+from selfsup.pretext import load_task  # noqa: E402
 from selfsup.probes.records import write_record  # noqa: E402
 
 RECORD = HERE / "records" / "fair_cifar10_shortcuts" / "counting_shortcut.json"
@@ -135,7 +135,7 @@ def main() -> None:
     rows = {name: scored(phi, n, cfg.margin, fit, test) for name, phi in solvers.items()}
     rows["random counting network (alexnet_small, seed 0)"] = network(random_task, views, n, cfg.margin, test)
     if CHECKPOINT.is_file():
-        trained = task_from_checkpoint(load_checkpoint(CHECKPOINT), CHECKPOINT)
+        trained = load_task(CHECKPOINT)
         rows["trained counting network (fair_cifar10, 543 steps)"] = network(trained, views, n, cfg.margin, test)
     else:
         print(f"{CHECKPOINT} not found: run fair_tasks.py --task counting first for the trained network's row")

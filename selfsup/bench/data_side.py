@@ -17,7 +17,7 @@ from PIL import Image
 from selfsup.bench.pipeline import synchronize
 from selfsup.data.images import unit_float
 from selfsup.models import build_encoder
-from selfsup.pretext import TASKS, PretextTask, build_task
+from selfsup.pretext import TASKS, PretextTask, new_task
 from selfsup.pretext.context import config_geometry
 
 
@@ -120,7 +120,7 @@ def measure_data_side(task_name: str, scale: str, image_size: int, options: dict
     images: the cost does not depend on content."""
     torch.manual_seed(seed)
     task_cls = TASKS[task_name]
-    task = build_task(task_name, build_encoder("alexnet_small", in_channels=3, width=0.25), options).eval().to(device)
+    task = new_task(task_name, build_encoder("alexnet_small", in_channels=3, width=0.25), options).eval().to(device)
     task_cls.check_image_size(task.cfg, image_size)
     rng = np.random.default_rng(seed)
     small = torch.rand(batch_size, 3, image_size // 8 + 1, image_size // 8 + 1, generator=torch.Generator().manual_seed(seed))

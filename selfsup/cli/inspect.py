@@ -24,8 +24,7 @@ from selfsup.models import ARCHS, build_encoder
 from selfsup.models.base import check_input_size
 from selfsup.outputs import check_output_file
 from selfsup.presets import load_preset
-from selfsup.pretext import TASKS, build_task, check_pretrain_config
-from selfsup.probes.frozen import task_from_checkpoint
+from selfsup.pretext import TASKS, check_pretrain_config, load_task, new_task
 from selfsup.visualize import render_examples
 
 
@@ -68,7 +67,7 @@ def run(args: argparse.Namespace) -> Path:
         check_output_file(args.out, "--out")
     state = None if args.checkpoint is None else load_checkpoint(args.checkpoint, trust=args.trust_checkpoint)
     if state is not None:
-        task = task_from_checkpoint(state, args.checkpoint)
+        task = load_task(args.checkpoint, state=state)
         task_name = state["task"]["name"]
         if args.task is not None and args.task != task_name:
             raise ConfigError(f"--task {args.task} does not match the checkpoint's task {task_name}: leave --task out "
@@ -97,7 +96,7 @@ def run(args: argparse.Namespace) -> Path:
         if task_cls.needs_labels and splits.train is None:
             raise DataError(f"--task {task_name} needs labelled data (class sub-folders); {args.data} has none")
         num_classes = None if splits.train is None else len(splits.train.classes)
-        task = build_task(task_name, encoder, dataclasses.asdict(task_cfg), num_classes=num_classes)
+        task = new_task(task_name, encoder, dataclasses.asdict(task_cfg), num_classes=num_classes)
         image_size = cfg.data.image_size
     check_input_size(task.encoder, image_size, "--image-size")
     dataset = TransformedDataset(splits.pretrain, RandomCrop(image_size), replace_bad=True)

@@ -20,8 +20,7 @@ from selfsup.data.sources import Splits, open_splits, stratified_subset
 from selfsup.errors import CheckpointError, DataError
 from selfsup.models import build_encoder
 from selfsup.presets import load_preset
-from selfsup.pretext import TASKS, PretextTask, build_task
-from selfsup.probes.frozen import check_pretrain_record, task_from_checkpoint
+from selfsup.pretext import TASKS, PretextTask, check_pretrain_record, load_task, new_task
 
 DIAGNOSED_TASKS = ("rotation", "jigsaw", "context", "counting", "colorization", "deepcluster")
 # Fewest images worth a diagnosis: each half of a fitted solver needs a few, counting needs pairs.
@@ -58,7 +57,7 @@ def checkpoint_subject(checkpoint: str, task_name: str | None, data: str | None,
         cfg = from_dict(PretrainConfig, state.get("config"))
     except (ValueError, TypeError) as exc:  # ConfigError included: the values came from the file
         raise CheckpointError(f"checkpoint {checkpoint} has a config this version cannot read: {exc}") from exc
-    task = task_from_checkpoint(state, checkpoint)
+    task = load_task(checkpoint, state=state)
     return Subject(task, cfg, state.get("image_size", cfg.data.image_size), True, *_open(cfg, data, data_root, layout))
 
 
@@ -73,7 +72,7 @@ def preset_subject(task_name: str, data: str | None, data_root: str | None, layo
     task_cfg = task_cls.fit_to_data(from_dict(task_cls.Config, cfg.pretext, prefix="pretext."), len(splits.pretrain))
     progress(f"building task {task_name} with the demo preset's options (no checkpoint: no network column)")
     encoder = build_encoder(cfg.model.arch, in_channels=task_cls.encoder_channels(task_cfg), width=cfg.model.width)
-    task = build_task(task_name, encoder, dataclasses.asdict(task_cfg))
+    task = new_task(task_name, encoder, dataclasses.asdict(task_cfg))
     return Subject(task.eval(), cfg, cfg.data.image_size, False, splits, spec)
 
 

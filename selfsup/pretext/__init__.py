@@ -1,50 +1,13 @@
-"""Pretext tasks: one module per task; ``TASKS`` maps the ``--task`` name to its class."""
+"""Pretext tasks: one module per task; ``TASKS`` maps the ``--task`` name to its class.
 
-from __future__ import annotations
+:func:`new_task` builds a task from its name and options, :func:`load_task` the task an ssl-pretrain checkpoint
+holds. Everything else (the trainer, probes, transfer, reports) asks the task what :class:`PretextTask` declares
+and names none: docs/adding_a_task.md shows how a new task joins them all from one module.
+"""
 
-from typing import Any
-
-from selfsup.config import PretrainConfig, from_dict
-from selfsup.errors import ConfigError, DataError
-from selfsup.models import Encoder, check_arch
 from selfsup.pretext.base import PretextTask
-from selfsup.pretext.colorization import ColorizationTask
-from selfsup.pretext.context import ContextTask
-from selfsup.pretext.counting import CountingTask
-from selfsup.pretext.deepcluster import DeepClusterTask
-from selfsup.pretext.jigsaw import JigsawTask
-from selfsup.pretext.rotation import RotationTask
-from selfsup.pretext.supervised import SupervisedTask
+from selfsup.pretext.loading import check_pretrain_record, encoder_from_checkpoint, load_task
+from selfsup.pretext.registry import TASKS, check_pretrain_config, new_task
 
-TASKS: dict[str, type[PretextTask]] = {
-    ColorizationTask.name: ColorizationTask,
-    ContextTask.name: ContextTask,
-    CountingTask.name: CountingTask,
-    DeepClusterTask.name: DeepClusterTask,
-    JigsawTask.name: JigsawTask,
-    RotationTask.name: RotationTask,
-    SupervisedTask.name: SupervisedTask,
-}
-
-
-def check_pretrain_config(cfg: PretrainConfig) -> None:
-    """The checks a pretraining config needs the registries for: the task and architecture names, the task's
-    options (``pretext.*``) and its crop size; a ConfigError naming the field, the value and what is allowed."""
-    if cfg.task not in TASKS:
-        raise ConfigError(f"task = {cfg.task!r} is invalid: allowed values are {', '.join(TASKS)}")
-    check_arch(cfg.model.arch)
-    task_cls = TASKS[cfg.task]
-    task_cls.check_image_size(from_dict(task_cls.Config, cfg.pretext, prefix="pretext."), cfg.data.image_size)
-
-
-def build_task(name: str, encoder: Encoder, options: dict[str, Any], *, num_classes: int | None = None) -> PretextTask:
-    task_cls = TASKS[name]
-    cfg = from_dict(task_cls.Config, options, prefix="pretext.")
-    if task_cls.needs_labels:
-        if not num_classes:
-            raise DataError(f"task {name} needs labelled data (class sub-folders, or a labelled dataset)")
-        return task_cls(encoder, cfg, num_classes)
-    return task_cls(encoder, cfg)
-
-
-__all__ = ["TASKS", "PretextTask", "build_task", "check_pretrain_config"]
+__all__ = ["TASKS", "PretextTask", "check_pretrain_config", "check_pretrain_record", "encoder_from_checkpoint",
+           "load_task", "new_task"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -13,10 +13,25 @@ from selfsup.models import Encoder
 from selfsup.models.normalization import normalize_rgb
 
 # What a task feeds its encoder at evaluation (``eval_input``), named so that transfer can rebuild it as a conv on
-# ImageNet-normalised RGB (selfsup.transfer.frontend).
+# ImageNet-normalised RGB (selfsup.transfer.frontend) and reports can match encoders fed alike.
 RGB, PER_IMAGE, SOBEL, LIGHTNESS = "rgb", "per-image standardised rgb", "sobel", "lab-L"
-# context's colour-drop evaluation input with patch_norm: one standardised channel, the other two zero
+# one per-image standardised colour channel (InputMapping.kept_channel), the other two zero
 KEPT_CHANNEL = "one per-image standardised channel, two zero channels"
+# SOBEL's x-gradient kernel (the y-gradient's is its transpose), applied with padding 1 to the mean of the
+# ImageNet-normalised channels
+SOBEL_X = ((1.0, 0.0, -1.0), (2.0, 0.0, -2.0), (1.0, 0.0, -1.0))
+
+
+@dataclass(frozen=True)
+class InputMapping:
+    """What a task's ``eval_input`` does to [0, 1] RGB, declared (``PretextTask.input_mapping``) with what
+    transfer needs to fold it into the encoder's first conv."""
+
+    kind: str  # RGB, PER_IMAGE, SOBEL, LIGHTNESS or KEPT_CHANNEL
+    # LIGHTNESS: the per-pixel map from [0, 1] RGB (N x 3 x H x W) to the one channel fed, which transfer linearises
+    pixel_map: Callable[[Tensor], Tensor] | None = None
+    # KEPT_CHANNEL: the colour channel kept (0 red, 1 green, 2 blue)
+    kept_channel: int | None = None
 
 
 @dataclass
@@ -63,6 +78,18 @@ class Examples:
     per_row: int
 
 
+def draw_box(images: Tensor, top_left: Tensor, size: int, color: tuple[float, float, float]) -> Tensor:
+    """A copy of ``images`` with a 1 px outline of the ``size`` box at each ``top_left`` (y, x)."""
+    side = images.shape[-1]
+    coords = torch.arange(side, device=images.device)
+    y0, x0 = top_left[:, 0].view(-1, 1, 1), top_left[:, 1].view(-1, 1, 1)
+    ys, xs = coords.view(1, -1, 1), coords.view(1, 1, -1)
+    inside = (ys >= y0) & (ys < y0 + size) & (xs >= x0) & (xs < x0 + size)
+    interior = (ys > y0) & (ys < y0 + size - 1) & (xs > x0) & (xs < x0 + size - 1)
+    outline = (inside & ~interior).unsqueeze(1)
+    return torch.where(outline, images.new_tensor(color).view(1, 3, 1, 1), images)
+
+
 class PretextTask(nn.Module):
     """A pretext task owns its heads and turns a batch of plain images into a loss.
 
@@ -73,7 +100,7 @@ class PretextTask(nn.Module):
 
     Everything the trainer, the loaders, checkpoints, probes and transfer need to know of a task is declared
     here, with the defaults of a plain task: what it trains on (``needs_labels``), what it is fed
-    (``takes_uint8``, ``input_channels``, ``input_kind``), its epoch hooks (``prepare_epoch``,
+    (``takes_uint8``, ``input_channels``, ``input_mapping``), its epoch hooks (``prepare_epoch``,
     ``batch_labels`` where ``relabels_batches``) and the fc layers a detector may reuse (``detector_fc``).
     """
 
@@ -90,13 +117,19 @@ class PretextTask(nn.Module):
     relabels_batches: ClassVar[bool] = False
 
     @classmethod
-    def input_kind(cls, cfg) -> str:
-        """Which input mapping the task's ``eval_input`` is, given its config (one of the names above:
-        ``RGB``, ``PER_IMAGE``, ``SOBEL``, ``LIGHTNESS``, ``KEPT_CHANNEL``); ConfigError for a mapping that no
-        conv on RGB expresses. A task that keeps the default ``encoder_input`` feeds ImageNet-normalised RGB."""
+    def input_mapping(cls, cfg) -> InputMapping:
+        """Which input mapping the task's ``eval_input`` is, given its config (its ``kind`` one of the names
+        above: ``RGB``, ``PER_IMAGE``, ``SOBEL``, ``LIGHTNESS``, ``KEPT_CHANNEL``); ConfigError for a mapping
+        that no conv on RGB expresses. A task that keeps the default ``encoder_input`` feeds ImageNet-normalised
+        RGB; one that overrides it declares its mapping here."""
         if cls.encoder_input is PretextTask.encoder_input:
-            return RGB
-        raise ValueError(f"task {cls.name} has an input mapping with no declared kind: override input_kind")
+            return InputMapping(RGB)
+        raise ValueError(f"task {cls.name} has an input mapping with no declared kind: override input_mapping")
+
+    @classmethod
+    def input_kind(cls, cfg) -> str:
+        """The ``kind`` of :meth:`input_mapping`."""
+        return cls.input_mapping(cfg).kind
 
     @classmethod
     def encoder_channels(cls, cfg) -> int:

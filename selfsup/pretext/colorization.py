@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from selfsup.config import ConfigError, option
 from selfsup.models import Encoder
-from selfsup.pretext.base import LIGHTNESS, Examples, PretextTask
+from selfsup.pretext.base import LIGHTNESS, Examples, InputMapping, PretextTask
 
 # sRGB (linear) -> XYZ and the D65 2-degree white, exactly as scikit-image's rgb2lab / lab2rgb.
 _XYZ_FROM_RGB = (
@@ -97,6 +97,11 @@ def rgb_to_lab(rgb: Tensor) -> Tensor:
         for t in (v / w for v, w in zip(_mix(_XYZ_FROM_RGB, linear), _D65_WHITE))
     )
     return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], dim=-3)
+
+
+def lightness_input(images: Tensor) -> Tensor:
+    """[0, 1] RGB (N x 3 x H x W) -> what the encoder is fed: L, centred and scaled to -1..1 (N x 1 x H x W)."""
+    return (rgb_to_lab(images)[:, :1] - L_CENTER) / L_CENTER
 
 
 def lab_to_rgb(lab: Tensor) -> Tensor:
@@ -259,8 +264,8 @@ class ColorizationTask(PretextTask):
     input_channels = 1
 
     @classmethod
-    def input_kind(cls, cfg: ColorizationConfig) -> str:
-        return LIGHTNESS
+    def input_mapping(cls, cfg: ColorizationConfig) -> InputMapping:
+        return InputMapping(LIGHTNESS, pixel_map=lightness_input)
 
     @classmethod
     def check_image_size(cls, cfg: ColorizationConfig, image_size: int) -> None:
@@ -283,7 +288,7 @@ class ColorizationTask(PretextTask):
         self.head = ColorHead(encoder.out_channels(encoder.layer_names[-1]), cfg.head_hidden, len(bins))
 
     def encoder_input(self, images: Tensor) -> Tensor:
-        return (rgb_to_lab(images)[:, :1] - L_CENTER) / L_CENTER
+        return lightness_input(images)
 
     def _predict(self, lightness: Tensor) -> Tensor:
         size = tuple(s // self.cfg.target_downsample for s in lightness.shape[-2:])

@@ -43,7 +43,8 @@ from selfsup.config import ConfigError, option
 from selfsup.data.images import gather_windows, unit_float
 from selfsup.models import Encoder
 from selfsup.models.normalization import normalize_rgb
-from selfsup.pretext.base import KEPT_CHANNEL, PER_IMAGE, RGB, Examples, PretextTask, accuracy
+from selfsup.pretext.base import (KEPT_CHANNEL, PER_IMAGE, RGB, Examples, InputMapping, PretextTask, accuracy,
+                                  draw_box)
 
 NUM_POSITIONS = 8
 # (row, col) step of the neighbour from the centre patch for each label; y grows downwards.
@@ -268,15 +269,15 @@ class ContextTask(PretextTask):
     takes_uint8 = True  # two patches are a few percent of a crop's pixels: convert only those
 
     @classmethod
-    def input_kind(cls, cfg: ContextConfig) -> str:
+    def input_mapping(cls, cfg: ContextConfig) -> InputMapping:
         if cfg.color_mode == "drop":
             if not cfg.patch_norm:
                 raise ConfigError(
                     "context with color_mode=drop and patch_norm off is evaluated on green plus two channels "
                     "holding each image's mean green, which no conv on RGB expresses; it cannot be folded: use "
                     "--frontend exact")
-            return KEPT_CHANNEL
-        return PER_IMAGE if cfg.patch_norm else RGB
+            return InputMapping(KEPT_CHANNEL, kept_channel=EVAL_KEPT_CHANNEL)
+        return InputMapping(PER_IMAGE if cfg.patch_norm else RGB)
 
     @classmethod
     def check_image_size(cls, cfg: ContextConfig, image_size: int) -> None:
@@ -389,15 +390,3 @@ class ContextTask(PretextTask):
             captions.append(f"label {label} = {DIRECTION_NAMES[label]} (green centre, red neighbour)")
             captions.append(f"fed: centre | neighbour; predicted {guess} = {DIRECTION_NAMES[guess]}")
         return Examples(grid, captions, per_row=4)
-
-
-def draw_box(images: Tensor, top_left: Tensor, size: int, color: tuple[float, float, float]) -> Tensor:
-    """A copy of ``images`` with a 1 px outline of the ``size`` box at each ``top_left`` (y, x)."""
-    side = images.shape[-1]
-    coords = torch.arange(side, device=images.device)
-    y0, x0 = top_left[:, 0].view(-1, 1, 1), top_left[:, 1].view(-1, 1, 1)
-    ys, xs = coords.view(1, -1, 1), coords.view(1, 1, -1)
-    inside = (ys >= y0) & (ys < y0 + size) & (xs >= x0) & (xs < x0 + size)
-    interior = (ys > y0) & (ys < y0 + size - 1) & (xs > x0) & (xs < x0 + size - 1)
-    outline = (inside & ~interior).unsqueeze(1)
-    return torch.where(outline, images.new_tensor(color).view(1, 3, 1, 1), images)

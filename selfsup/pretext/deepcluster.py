@@ -27,7 +27,8 @@ from selfsup.config import ConfigError, option
 from selfsup.epoch import EpochContext, EpochPlan
 from selfsup.models import Encoder
 from selfsup.models.normalization import normalize_rgb
-from selfsup.pretext.base import RGB, SOBEL, Examples, PretextFC, PretextTask, accuracy, linear_layers
+from selfsup.pretext.base import (RGB, SOBEL, SOBEL_X, Examples, InputMapping, PretextFC, PretextTask, accuracy,
+                                  linear_layers)
 from selfsup.clustering import kmeans, l2_normalize, nmi, pca_whiten, uniform_cluster_order
 
 MAX_AUTO_CLUSTERS = 10_000  # the paper's k for ImageNet
@@ -64,7 +65,7 @@ def auto_num_clusters(num_samples: int) -> int:
 def sobel_input(images: Tensor) -> Tensor:
     """[0, 1] RGB -> grey of the normalised image and its two Sobel gradients (N x 2 x H x W)."""
     grey = normalize_rgb(images).mean(dim=1, keepdim=True)
-    kernel_x = grey.new_tensor([[1, 0, -1], [2, 0, -2], [1, 0, -1]])
+    kernel_x = grey.new_tensor(SOBEL_X)
     kernels = torch.stack([kernel_x, kernel_x.t()]).unsqueeze(1)
     return F.conv2d(grey, kernels, padding=1)
 
@@ -79,8 +80,8 @@ class DeepClusterTask(PretextTask):
     relabels_batches = True  # trains on the cluster ids of the last clustering
 
     @classmethod
-    def input_kind(cls, cfg: DeepClusterConfig) -> str:
-        return SOBEL if cfg.sobel else RGB
+    def input_mapping(cls, cfg: DeepClusterConfig) -> InputMapping:
+        return InputMapping(SOBEL if cfg.sobel else RGB)
 
     @classmethod
     def encoder_channels(cls, cfg: DeepClusterConfig) -> int:

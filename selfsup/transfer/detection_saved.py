@@ -22,9 +22,9 @@ from selfsup.checkpoint import atomic_save, load_checkpoint, nonfinite_tensors
 from selfsup.errors import CheckpointError, TrainingDivergedError
 from selfsup.models import Encoder
 from selfsup.models.base import load_weights
-from selfsup.pretext import build_task
+from selfsup.pretext import encoder_from_checkpoint, new_task
 from selfsup.pretext.base import PretextFC
-from selfsup.probes.frozen import FrozenEncoder, encoder_from_checkpoint, load_frozen
+from selfsup.probes.frozen import FrozenEncoder, load_frozen
 from selfsup.transfer.detection_model import build_detector, freeze_batchnorm, is_alexnet
 from selfsup.transfer.frontend import fold_input_mapping
 
@@ -138,7 +138,7 @@ def _saved_encoder(state: dict[str, Any], path: str | Path) -> FrozenEncoder:
                                input_task=task_record["input"])
     encoder = encoder_from_checkpoint(state, path)
     try:
-        task = build_task(task_record["name"], encoder, task_record.get("options") or {},
+        task = new_task(task_record["name"], encoder, task_record.get("options") or {},
                           num_classes=task_record.get("num_classes")).eval()
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: its task record {task_record} cannot be rebuilt ({exc})") from exc

@@ -44,8 +44,8 @@ from selfsup.errors import CheckpointError, ConfigError
 from selfsup.models import Encoder, build_encoder
 from selfsup.models.base import load_weights
 from selfsup.models.resnet import ResNet
-from selfsup.probes.frozen import check_pretrain_record, encoder_from_checkpoint
 from selfsup.models.normalization import IMAGENET_MEAN, IMAGENET_STD
+from selfsup.pretext import check_pretrain_record, encoder_from_checkpoint
 from selfsup.transfer.frontend import INPUT, fold_input_mapping, input_conv, replace_input_conv
 
 __all__ = ["FORMATS", "detectron2_key", "export_backbone", "load_exported", "load_pretrained"]
