@@ -128,7 +128,7 @@ def measure_data_side(task_name: str, scale: str, image_size: int, options: dict
     pil_crops = [Image.fromarray(crop.permute(1, 2, 0).numpy()) for crop in crops]
     if task_name == "jigsaw":
         permutations = task.permutations.cpu().numpy()
-        piece = int(task.puzzles(crops[:1].to(device).float() / 255)[0].shape[-1])
+        piece = int(task.puzzles(unit_float(crops[:1].to(device)))[0].shape[-1])
 
         def reference(crop: Image.Image) -> torch.Tensor:
             return reference_jigsaw(crop, task.cfg, permutations, rng)

@@ -17,7 +17,8 @@ from PIL import Image
 from selfsup.checkpoint import atomic_file, load_checkpoint
 from selfsup.cli.common import Parser, add_data_layout_option, add_trust_option, user_errors_exit
 from selfsup.config import DataConfig, PretrainConfig, from_dict, merge, parse_overrides, set_dotted
-from selfsup.data.loading import RandomCrop, TransformedDataset, collate
+from selfsup.data.images import unit_float
+from selfsup.data.loading import RandomCrop, TransformedDataset, collate, sample_seed
 from selfsup.data.sources import open_splits
 from selfsup.errors import ConfigError, DataError
 from selfsup.models import ARCHS, build_encoder
@@ -102,10 +103,10 @@ def run(args: argparse.Namespace) -> Path:
     dataset = TransformedDataset(splits.pretrain, RandomCrop(image_size), replace_bad=True)
     # spread over the source, which is usually sorted by class
     picks = torch.linspace(0, len(dataset) - 1, min(args.count, len(dataset))).round().long().tolist()
-    batch = collate([dataset[(i, args.seed * 1000 + i)] for i in picks])
+    batch = collate([dataset[(i, sample_seed(args.seed, 0, i))] for i in picks])  # epoch 0's crops
     task.eval()
     with torch.no_grad():
-        examples = task.example_images(batch.images.float() / 255, torch.Generator().manual_seed(args.seed))
+        examples = task.example_images(unit_float(batch.images), torch.Generator().manual_seed(args.seed))
     shown = "random encoder" if args.checkpoint is None else f"checkpoint {args.checkpoint}"
     title = f"{task_name}: {shown}, data {args.data}"
     with atomic_file(out) as handle:

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from selfsup.checkpoint import load_checkpoint
 from selfsup.config import PretrainConfig, from_dict, merge
+from selfsup.data.images import unit_float
 from selfsup.data.loading import CenterCrop, RandomCrop, TransformedDataset, collate, sample_seed
 from selfsup.data.source_kinds import ImageSource, IndexedSource
 from selfsup.data.sources import Splits, open_splits, stratified_subset
@@ -115,4 +116,4 @@ def held_out_images(subject: Subject, count: int, seed: int, progress: Progress)
                         f"{subject.data} gave {len(batch.images)}")
     described = {"split": "test", "source": test.describe(), "view": view_text,
                  "unreadable_skipped": len(batch.bad_files)}
-    return batch.images.float() / 255, batch.labels, described
+    return unit_float(batch.images), batch.labels, described

@@ -24,12 +24,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.config import ConfigError, option
+from selfsup.data.images import unit_float
 from selfsup.epoch import EpochContext, EpochPlan
 from selfsup.models import Encoder
 from selfsup.models.normalization import normalize_rgb
 from selfsup.pretext.base import (RGB, SOBEL, SOBEL_X, Examples, InputMapping, PretextFC, PretextTask, accuracy,
                                   linear_layers)
 from selfsup.clustering import kmeans, l2_normalize, nmi, pca_whiten, uniform_cluster_order
+from selfsup.seeds import mix_seed
 
 MAX_AUTO_CLUSTERS = 10_000  # the paper's k for ImageNet
 MIN_AUTO_CLUSTERS = 100
@@ -156,7 +158,7 @@ class DeepClusterTask(PretextTask):
         metrics: dict[str, float] = {}
         if not reuse:
             metrics = self._recluster(context)
-        order = uniform_cluster_order(self.assignment.cpu().numpy(), num_samples, seed=seed * 1_000_003 + epoch)
+        order = uniform_cluster_order(self.assignment.cpu().numpy(), num_samples, seed=mix_seed("cluster order", seed, epoch))
         return EpochPlan(order=torch.from_numpy(order), metrics=metrics)
 
     def _recluster(self, context: EpochContext) -> dict[str, float]:
@@ -171,7 +173,7 @@ class DeepClusterTask(PretextTask):
         if wanted is None or wanted:
             with torch.no_grad(), context.autocast():
                 for batch in context.shard_batches(wanted):
-                    images = batch.images.to(context.device, non_blocking=True).float().div_(255)
+                    images = unit_float(batch.images.to(context.device, non_blocking=True))
                     rows.append(self.cluster_features(images).cpu())
                     labels.append(batch.labels)
                     indices.append(batch.indices)
@@ -197,7 +199,7 @@ class DeepClusterTask(PretextTask):
         result = None
         if context.dist.is_main:
             reduced = l2_normalize(pca_whiten(features.numpy().astype(np.float32), self.cfg.pca_dim))
-            result = kmeans(reduced, self.cfg.num_clusters, seed=context.seed * 1_000_003 + context.epoch,
+            result = kmeans(reduced, self.cfg.num_clusters, seed=mix_seed("k-means", context.seed, context.epoch),
                             niter=self.cfg.kmeans_iters, backend=self.cfg.kmeans_backend)
         result = context.broadcast(result)
         previous = self.assignment.cpu().numpy() if self.assignment.numel() == len(features) else None
@@ -236,7 +238,7 @@ class DeepClusterTask(PretextTask):
     def _reset_top(self, context: EpochContext) -> None:
         # The classes changed meaning: a fresh top layer (N(0, 0.01), zero bias, as the paper's code),
         # drawn from (seed, epoch) so every process draws the same one, and no stale momentum.
-        gen = torch.Generator().manual_seed(context.seed * 1_000_003 + context.epoch)
+        gen = torch.Generator().manual_seed(mix_seed("new top layer", context.seed, context.epoch))
         with torch.no_grad():
             self.top.weight.copy_(torch.randn(self.top.weight.shape, generator=gen) * 0.01)
             self.top.bias.zero_()

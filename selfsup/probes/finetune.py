@@ -35,11 +35,10 @@ from selfsup.data.images import unit_float
 from selfsup.data.loading import Batch
 from selfsup.epoch import autocast_context
 from selfsup.errors import ConfigError, DataError
-from selfsup.models import Encoder
+from selfsup.models import ALEXNET_LAYERS, Encoder
 from selfsup.probes.linear import topk_correct
 from selfsup.probes.metrics import mean_average_precision
 
-ALEXNET_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 DROPOUT = 0.5
 
 

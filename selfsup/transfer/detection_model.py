@@ -50,14 +50,13 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from selfsup.epoch import autocast_context
 from selfsup.errors import CheckpointError, ConfigError
-from selfsup.models import Encoder
+from selfsup.models import ALEXNET_LAYERS, Encoder
 from selfsup.models.normalization import IMAGENET_MEAN, IMAGENET_STD
 from selfsup.pretext.base import PretextFC
 from selfsup.probes.bn import reestimate_bn_statistics
 from selfsup.transfer.rescale import Unit, UnitStats, rescalable_units, rescale_within_layer
 
 BACKBONES = ("auto", "fpn", "c4", "conv5")
-ALEXNET_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 RESNET_TAPS = ("res2", "res3", "res4", "res5")
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 MIN_SIZE = 128  # default short side: the demo's 112-160 px images at about their own scale

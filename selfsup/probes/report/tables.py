@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 from typing import Any, Iterable, Sequence
 
+from selfsup.models import ALEXNET_LAYERS
 from selfsup.probes.lowshot import summarize
 from selfsup.probes.report.numbers import (FORCED_MARK, best_layer_values, delta_text, forced_mark, layer_values,
                                            mean_std, number_text, test_images)
@@ -34,7 +35,6 @@ PUBLISHED_IMAGENET_ALEXNET = {
     "rotation": (18.8, 31.7, 38.7, 38.2, 36.5, 54.4),
     "deepcluster": (12.9, 29.2, 38.2, 39.8, 36.1, 55.4),
 }
-PUBLISHED_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
 
 # What the built-in data names (and folders named like them) are, for the tables' Data line
@@ -118,7 +118,7 @@ def main_table(rows: Sequence[Row], published: bool = False) -> list[str]:
     if published and layers:
         for method, values in PUBLISHED_IMAGENET_ALEXNET.items():
             cells = [f"*published: {method} (AlexNet, ImageNet)*"]
-            cells += [f"*{values[PUBLISHED_LAYERS.index(layer)]:.1f}*" if layer in PUBLISHED_LAYERS else ""
+            cells += [f"*{values[ALEXNET_LAYERS.index(layer)]:.1f}*" if layer in ALEXNET_LAYERS else ""
                       for layer in layers]
             cells += [f"*{max(values[:5]):.1f}*", ""]
             cells += [f"*{values[5]:.1f} (VOC07 det)*" if kind == "detection" else "" for kind, _ in columns]
