@@ -7,7 +7,8 @@ probe of conv3 (frozen features, a BatchNorm + linear head). About a minute on a
 import torch
 
 from selfsup.data.sources import open_splits
-from selfsup.data.loading import CenterCrop, EpochBatchSampler, RandomCrop, eval_loader, train_loader
+from selfsup.data.crops import CenterCrop, RandomCrop
+from selfsup.data.loading import EpochBatchSampler, eval_loader, train_loader
 from selfsup.models import build_encoder
 from selfsup.pretext import new_task
 from selfsup.probes.linear import (PROTOCOLS, LinearHeads, cached_batches, evaluate, extract_features,

@@ -12,7 +12,8 @@ from typing import Any
 from selfsup.config import PretrainConfig, from_dict
 from selfsup.data.decoded import decoded_source
 from selfsup.data.device_decode import reads_files
-from selfsup.data.loading import CenterCrop, RandomCrop, auto_workers
+from selfsup.data.crops import CenterCrop, RandomCrop
+from selfsup.data.loading import auto_workers
 from selfsup.data.source_kinds import ImageSource
 from selfsup.data.sources import Splits, open_splits
 from selfsup.distributed import DistInfo

@@ -13,7 +13,8 @@ from selfsup.data import decoded
 from selfsup.data.decoded import DecodedSource, decoded_source
 from selfsup.data.folders import scan_folder
 from selfsup.data.images import BadImageError, load_rgb
-from selfsup.data.loading import CenterCrop, EpochBatchSampler, RandomCrop, crop_uniforms, train_loader
+from selfsup.data.crops import CenterCrop, RandomCrop, crop_uniforms
+from selfsup.data.loading import EpochBatchSampler, train_loader
 from selfsup.data.source_kinds import IndexedSource, TorchvisionSource
 
 

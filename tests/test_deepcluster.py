@@ -14,7 +14,7 @@ import torch
 from selfsup.checkpoint import load_checkpoint
 from selfsup.cli.pretrain import main as pretrain_main
 from selfsup.config import ConfigError, from_dict
-from selfsup.data.loading import CenterCrop
+from selfsup.data.crops import CenterCrop
 from selfsup.data.sources import open_splits
 from selfsup.distributed import DistInfo
 from selfsup.epoch import EpochContext

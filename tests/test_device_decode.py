@@ -10,7 +10,8 @@ from selfsup.data.device_decode import (
     DeviceDecodeDataset, batch_images, collate_encoded, crop_on_device, device_decode_loader,
 )
 from selfsup.data.folders import scan_folder
-from selfsup.data.loading import EpochBatchSampler, RandomCrop, TransformedDataset, crop_uniforms, train_loader
+from selfsup.data.crops import RandomCrop, crop_uniforms
+from selfsup.data.loading import EpochBatchSampler, TransformedDataset, train_loader
 
 CUDA = torch.cuda.is_available()
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from selfsup.cli.pretrain import main as pretrain_main
-from selfsup.data.loading import CenterCrop
+from selfsup.data.crops import CenterCrop
 from selfsup.data.sources import open_splits
 from selfsup.errors import ConfigError
 from selfsup.models import build_encoder

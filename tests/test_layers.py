@@ -138,3 +138,10 @@ def test_every_task_declares_its_evaluation_input():
     kinds = {name: task.input_kind(from_dict(task.Config, {}, prefix="pretext.")) for name, task in TASKS.items()}
     assert set(kinds.values()) <= {RGB, PER_IMAGE, SOBEL, LIGHTNESS, KEPT_CHANNEL}
     assert kinds["colorization"] == LIGHTNESS and kinds["deepcluster"] == SOBEL and kinds["rotation"] == RGB
+
+
+def test_no_module_is_over_400_lines():
+    """Small files that say what they are: a module that grows past 400 lines is split by responsibility."""
+    long = {str(path.relative_to(PACKAGE.parent)): count for path in PACKAGE.rglob("*.py")
+            if (count := len(path.read_text().splitlines())) > 400}
+    assert not long, long

@@ -7,10 +7,8 @@ from PIL import Image
 
 from selfsup.cli.pretrain import main as pretrain_main
 from selfsup.data.folders import scan_folder
-from selfsup.data.loading import (
-    CenterCrop, EpochBatchSampler, RandomCrop, TransformedDataset, auto_workers, crop_uniforms, sample_seed,
-    train_loader,
-)
+from selfsup.data.crops import CenterCrop, RandomCrop, crop_uniforms
+from selfsup.data.loading import EpochBatchSampler, TransformedDataset, auto_workers, sample_seed, train_loader
 
 
 def test_ranks_take_disjoint_slices_of_the_single_process_batches():

@@ -146,7 +146,8 @@ def test_also_gives_the_records_of_separate_knn_and_global_pool_runs_from_one_pa
 
 
 def test_bf16_features_are_close_to_fp32_ones(tiny_checkpoint, tiny_folder):
-    from selfsup.data.loading import BadFileLog, CenterCrop, eval_loader
+    from selfsup.data.crops import CenterCrop
+    from selfsup.data.loading import BadFileLog, eval_loader
     from selfsup.data.sources import open_splits
     from selfsup.epoch import autocast_context
     from selfsup.probes.frozen import load_frozen

@@ -18,7 +18,8 @@ from selfsup.checkpoint import atomic_file, load_checkpoint
 from selfsup.cli.common import Parser, add_data_layout_option, add_trust_option, user_errors_exit
 from selfsup.config import DataConfig, PretrainConfig, from_dict, merge, parse_overrides, set_dotted
 from selfsup.data.images import unit_float
-from selfsup.data.loading import RandomCrop, TransformedDataset, collate, sample_seed
+from selfsup.data.crops import RandomCrop
+from selfsup.data.loading import TransformedDataset, collate, sample_seed
 from selfsup.data.sources import open_splits
 from selfsup.errors import ConfigError, DataError
 from selfsup.models import ARCHS, build_encoder

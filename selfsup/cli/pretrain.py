@@ -30,7 +30,7 @@ from selfsup.config import (
     set_dotted,
     to_dict,
 )
-from selfsup.data.loading import CenterCrop
+from selfsup.data.crops import CenterCrop
 from selfsup.data.sources import Splits
 from selfsup.distributed import init_distributed, shutdown
 from selfsup.models import ARCHS

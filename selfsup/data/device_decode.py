@@ -18,7 +18,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from selfsup.data.images import BadImageError, load_rgb
-from selfsup.data.loading import Batch, EncodedJpegs, EpochBatchSampler, RandomCrop, crop_uniforms, training_loader
+from selfsup.data.crops import RandomCrop, crop_uniforms
+from selfsup.data.loading import Batch, EncodedJpegs, EpochBatchSampler, training_loader
 from selfsup.data.source_kinds import FolderSource, ImageSource, IndexedSource
 
 _EXIF_ORIENTATION = 0x0112

@@ -15,7 +15,8 @@ from torch import Tensor
 from selfsup.checkpoint import load_checkpoint
 from selfsup.config import PretrainConfig, from_dict, merge
 from selfsup.data.images import unit_float
-from selfsup.data.loading import CenterCrop, RandomCrop, TransformedDataset, collate, sample_seed
+from selfsup.data.crops import CenterCrop, RandomCrop
+from selfsup.data.loading import TransformedDataset, collate, sample_seed
 from selfsup.data.source_kinds import ImageSource, IndexedSource
 from selfsup.data.sources import Splits, open_splits, stratified_subset
 from selfsup.errors import CheckpointError, DataError

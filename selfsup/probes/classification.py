@@ -11,7 +11,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import Tensor
 
-from selfsup.data.loading import EpochBatchSampler, RandomCrop, eval_loader, train_loader
+from selfsup.data.crops import RandomCrop
+from selfsup.data.loading import EpochBatchSampler, eval_loader, train_loader
 from selfsup.data.sources import DataError, Splits, open_splits, stratified_subset
 from selfsup.errors import ConfigError
 from selfsup.probes.context import ProbeContext, QuickProbe, save_features

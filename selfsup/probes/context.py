@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from selfsup.checkpoint import atomic_file
-from selfsup.data.loading import BadFileLog, CenterCrop, eval_loader
+from selfsup.data.crops import CenterCrop
+from selfsup.data.loading import BadFileLog, eval_loader
 from selfsup.data.sources import DataError, ImageSource, IndexedSource
 from selfsup.errors import ConfigError
 from selfsup.probes.bn import (

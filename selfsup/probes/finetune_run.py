@@ -17,7 +17,8 @@ from typing import Any
 
 from selfsup.checkpoint import seed_everything
 from selfsup.config import ModelConfig, OptimConfig
-from selfsup.data.loading import BadFileLog, CenterCrop, EpochBatchSampler, RandomCrop, eval_loader, train_loader
+from selfsup.data.crops import CenterCrop, RandomCrop
+from selfsup.data.loading import BadFileLog, EpochBatchSampler, eval_loader, train_loader
 from selfsup.data.sources import DataError, ImageSource, open_splits
 from selfsup.data.voc import open_voc, resolve_voc_root, voc_classes
 from selfsup.distributed import pick_device

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from selfsup.checkpoint import seed_everything
-from selfsup.data.loading import BadFileLog, CenterCrop
+from selfsup.data.crops import CenterCrop
+from selfsup.data.loading import BadFileLog
 from selfsup.distributed import pick_device
 from selfsup.epoch import autocast_context
 from selfsup.models import use_channels_last
