@@ -99,3 +99,14 @@ def test_evaluation_and_transfer_import_no_task_module():
             if isinstance(node, ast.ImportFrom) and node.module in task_modules:
                 found.append(f"selfsup/{relative} imports {node.module}")
     assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_a_task_that_maps_its_input_declares_the_mapping(name):
+    """Transfer folds what input_mapping declares into an RGB conv: a task that changes encoder_input must say
+    how (the default declaration, plain RGB, would then be wrong)."""
+    from selfsup.pretext.base import PretextTask
+    task_cls = TASKS[name]
+    if task_cls.encoder_input is not PretextTask.encoder_input:
+        declared = task_cls.input_mapping.__func__  # a classmethod: compare the functions, not the bound methods
+        assert declared is not PretextTask.input_mapping.__func__, f"{name} maps its input without declaring it"
