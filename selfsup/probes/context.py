@@ -142,11 +142,8 @@ class ProbeContext:
     def new_record(self, kind: str, data: str, splits: dict[str, Any], protocol: dict[str, Any],
                    selection_split: str) -> dict[str, Any]:
         """A new record of ``kind`` that names the encoder, its checkpoint and its pretraining."""
-        frozen = self.frozen
-        return new_record(kind, method=frozen.name, checkpoint=frozen.checkpoint, encoder=frozen.record["encoder"],
-                          pretraining={k: v for k, v in frozen.record.items() if k != "encoder"}, data=data,
-                          splits=splits, protocol=protocol, selection_split=selection_split,
-                          force_test_selection=self.options.force_test_selection)
+        return new_record(kind, **self.frozen.provenance(), data=data, splits=splits, protocol=protocol,
+                          selection_split=selection_split, force_test_selection=self.options.force_test_selection)
 
 
 @dataclasses.dataclass(frozen=True)

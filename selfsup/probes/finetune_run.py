@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from selfsup.checkpoint import seed_everything
-from selfsup.config import ModelConfig, OptimConfig
+from selfsup.config import OptimConfig
 from selfsup.data.crops import CenterCrop, RandomCrop
 from selfsup.data.loading import BadFileLog, EpochBatchSampler, eval_loader, train_loader
 from selfsup.data.sources import DataError, ImageSource, open_splits
@@ -31,7 +31,7 @@ from selfsup.probes.finetune import (
     FinetuneNet, MultiLabel, Objective, SingleLabel, build_classifier, column_name, evaluate, fit, trained_from,
 )
 from selfsup.probes.frozen import load_frozen
-from selfsup.probes.options import default_record_path
+from selfsup.probes.options import EncoderOptions, default_record_path
 from selfsup.probes.records import check_selection, finish_record, new_record, write_record
 
 VOC_DEMO = "demo-voc"
@@ -41,12 +41,11 @@ EPOCHS = {"single-label": 8, "multi-label": 30}
 EVAL_BATCH = 256
 
 
-@dataclasses.dataclass
-class FinetuneOptions:
+@dataclasses.dataclass(kw_only=True)
+class FinetuneOptions(EncoderOptions):
     """One field per ``ssl-finetune`` option, with its default (``ssl-finetune --help`` says what each means);
     None is "not given": the objective's, the checkpoint's or the data's value is used."""
 
-    checkpoint: str  # an ssl-pretrain checkpoint (last.pt) or "random"
     data: str | None = None  # labelled data, a VOC-layout folder or demo-voc
     data_root: str | None = None
     data_layout: str = "auto"
@@ -62,14 +61,6 @@ class FinetuneOptions:
     precision: str = "bf16"
     selection_split: str = "val"
     force_test_selection: bool = False
-    arch: str = ModelConfig.arch
-    width: float | None = None
-    input_like: str = "rotation"
-    workers: int = 1
-    device: str = "auto"
-    seed: int = 0
-    out: str | None = None
-    trust_checkpoint: bool = False
 
 
 @dataclasses.dataclass
@@ -196,10 +187,7 @@ def run_finetune(options: FinetuneOptions) -> FinetuneRun:
 
     record = new_record(
         "finetune",
-        method=frozen.name,
-        checkpoint=frozen.checkpoint,
-        encoder=frozen.record["encoder"],
-        pretraining={k: v for k, v in frozen.record.items() if k != "encoder"},
+        **frozen.provenance(),
         data=data,
         splits={**{split: source.describe() for split, source in sources.items()}, "notes": notes},
         protocol={

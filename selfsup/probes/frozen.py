@@ -27,6 +27,12 @@ class FrozenEncoder:
     # why ``image_size``: "--image-size", "checkpoint task scale" or "default" (a random encoder's)
     image_size_source: str = "--image-size"
 
+    def provenance(self) -> dict[str, Any]:
+        """What every evaluation record says of the encoder (``probes.records.new_record``'s arguments): the
+        method, its checkpoint, the encoder record and the rest of the pretraining record."""
+        return {"method": self.name, "checkpoint": self.checkpoint, "encoder": self.record["encoder"],
+                "pretraining": {k: v for k, v in self.record.items() if k != "encoder"}}
+
 
 def load_frozen(checkpoint: str, *, arch: str, width: float | None, image_size: int | None, seed: int,
                 input_task: str = "rotation", trust: bool = False) -> FrozenEncoder:

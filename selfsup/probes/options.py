@@ -23,12 +23,27 @@ AUTO_IMAGES = 5000
 AUTO_EPOCHS = 10
 
 
-@dataclasses.dataclass
-class ProbeOptions:
+@dataclasses.dataclass(kw_only=True)
+class EncoderOptions:
+    """The options ssl-probe, ssl-finetune and ssl-detect share (``cli.common.add_encoder_arguments``): the
+    encoder and how it is fed, the device, the seed and where the record goes."""
+
+    checkpoint: str  # an ssl-pretrain checkpoint (last.pt) or "random"
+    arch: str = ModelConfig.arch  # for checkpoint "random"
+    width: float | None = None  # for checkpoint "random"; None: the architecture's own
+    input_like: str = "rotation"  # for checkpoint "random": fed as this task feeds its encoder
+    workers: int = 1
+    device: str = "auto"
+    seed: int = 0
+    out: str | None = None
+    trust_checkpoint: bool = False
+
+
+@dataclasses.dataclass(kw_only=True)
+class ProbeOptions(EncoderOptions):
     """One field per ``ssl-probe`` option, with its default (``ssl-probe --help`` says what each means);
     None is "not given": the protocol's, the checkpoint's or the data's value is used."""
 
-    checkpoint: str  # an ssl-pretrain checkpoint (last.pt) or "random"
     freeze: str = "all"  # the probed layer (conv3, res4, ...) or "all"
     method: str = "linear"  # one of METHODS
     data: str | None = None
@@ -51,19 +66,11 @@ class ProbeOptions:
     force_test_selection: bool = False
     save_features: str | None = None
     max_cache_gb: float = 6.0
-    arch: str = ModelConfig.arch
-    width: float | None = None
-    input_like: str = "rotation"
     image_size: int | None = None
     bn_stats: str = "auto"  # one of probes.bn.BN_STATS
     precision: str = "auto"
     head_precision: str = "auto"
     eval_crop: float | None = None
-    workers: int = 1
-    device: str = "auto"
-    seed: int = 0
-    out: str | None = None
-    trust_checkpoint: bool = False
 
 
 def record_kind(options: ProbeOptions) -> str:

@@ -8,10 +8,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from selfsup.config import ModelConfig
 from selfsup.errors import ConfigError, check_option_values
 from selfsup.outputs import check_output_file
-from selfsup.probes.options import default_record_path
+from selfsup.probes.options import EncoderOptions, default_record_path
 from selfsup.probes.records import check_selection
 from selfsup.transfer.detection_model import FC_DIM, MAX_SIZE, MIN_SIZE
 
@@ -21,12 +20,11 @@ RESCALE_IMAGES = 32
 DEFAULT_EPOCHS = 16  # the demo set in about 8 minutes on 2 CPU cores
 
 
-@dataclasses.dataclass
-class DetectOptions:
+@dataclasses.dataclass(kw_only=True)
+class DetectOptions(EncoderOptions):
     """One field per ``ssl-detect`` option, with its default (``ssl-detect --help`` says what each means);
     None is "not given": the default rule the help names applies."""
 
-    checkpoint: str  # an ssl-pretrain checkpoint (last.pt) or "random"
     data: str = "demo"  # a VOC-layout folder or "demo"
     data_root: str | None = None
     backbone: str = "auto"  # one of detection_model.BACKBONES
@@ -49,15 +47,7 @@ class DetectOptions:
     force_test_selection: bool = False
     eval_every: int = 1
     precision: str = "bf16"
-    arch: str = ModelConfig.arch
-    width: float | None = None
-    input_like: str = "rotation"
-    workers: int = 1
-    device: str = "auto"
-    seed: int = 0
-    out: str | None = None
     figure: str | None = None
-    trust_checkpoint: bool = False
 
 
 def check_options(options: DetectOptions) -> None:

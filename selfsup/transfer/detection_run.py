@@ -172,10 +172,7 @@ def run_detection(options: DetectOptions) -> DetectionRun:
 
     record = new_record(
         "detection",
-        method=frozen.name,
-        checkpoint=frozen.checkpoint,
-        encoder=frozen.record["encoder"],
-        pretraining={k: v for k, v in frozen.record.items() if k != "encoder"},
+        **frozen.provenance(),
         data=options.data,
         splits={"root": str(root), "classes": classes,
                 **{role: split.describe() for role, split in splits.items()},
