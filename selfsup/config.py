@@ -149,7 +149,7 @@ RESUMABLE_CHANGES = frozenset({
     "model.channels_last",
 })
 # Fields no resumed run may change: the checkpoint's weights, heads and epoch position depend on them.
-FIXED_ON_RESUME = ("task", "model.", "pretext.", "train.batch_size")
+FIXED_ON_RESUME = ("task", "model.", "pretext.", "lens.", "train.batch_size")
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
@@ -303,12 +303,25 @@ class TrainConfig:
 
 
 @dataclass
+class LensConfig:
+    enabled: bool = option(False, "put a learned lens in front of the encoder (Minderer et al. 2020, selfsup.models.lens): "
+                                  "a small U-Net trained to make the pretext task harder, which erases cheap shortcuts; "
+                                  "it is saved with the encoder and applied when probing")
+    reconstruction_weight: float = option(0.3, "weight of the lens's penalty, the mean squared change it makes to the "
+                                               "encoder's input (in the units the task feeds the encoder, ImageNet-"
+                                               "normalised for RGB): larger keeps its changes smaller", gt=0.0)
+    width: int = option(16, "channels of the lens's U-Net", min=1)
+    lr: float = option(0.01, "learning rate of the lens's own Adam optimiser (constant)", gt=0.0)
+
+
+@dataclass
 class PretrainConfig:
     task: str = option("rotation", "pretext task")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    lens: LensConfig = field(default_factory=LensConfig)
     pretext: dict = option({}, "task-specific options, validated by the task's own config class")
 
     def validate(self) -> None:

@@ -82,12 +82,15 @@ class Trainer(TrainerCheckpoints, TrainerBudgets, TrainerLog):
         knn_monitor: Monitor | None = None,
         trust_checkpoint: bool = False,
         decode_on_device: bool = False,
+        lens_lr: float = 0.0,
     ) -> None:
         """``feature_view``: the deterministic transform of whole-source passes in ``prepare_epoch``;
         ``knn_monitor``: run every ``train_cfg.knn_every`` epochs (None = no monitor);
         ``decode_on_device``: JPEGs are decoded and cropped on the device (``transform`` is then a RandomCrop and
         ``source`` a folder of files; see selfsup.data.device_decode);
-        ``trust_checkpoint``: a resume may convert an older, pickled checkpoint (see ``load_checkpoint``)."""
+        ``trust_checkpoint``: a resume may convert an older, pickled checkpoint (see ``load_checkpoint``);
+        ``lens_lr``: the constant lr of the Adam that trains an adversarial lens in front of the task's encoder
+        (selfsup.models.lens), which the task's optimiser leaves out."""
         self.trust_checkpoint = trust_checkpoint
         self.optim_cfg = optim_cfg
         self.cfg = train_cfg
@@ -116,7 +119,10 @@ class Trainer(TrainerCheckpoints, TrainerBudgets, TrainerLog):
                                                              pin_memory=pin))
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.total_steps = self.steps_per_epoch * train_cfg.epochs
-        self.optimizer = build_optimizer(self.model, optim_cfg)
+        lens = getattr(getattr(self.model, "encoder", None), "lens", None)
+        self.lens = lens if lens is not None and lens.adversarial else None
+        self.optimizer = build_optimizer(self.model, optim_cfg, leave_out=self.lens)
+        self.lens_optimizer = None if self.lens is None else torch.optim.Adam(self.lens.parameters(), lr=lens_lr)
         self.elapsed_before = 0.0
         self._started = training_budget.clock()  # fit() restarts it; set here for steps taken outside fit (ssl-bench)
         self.step_elapsed = 0.0  # the run's seconds after its latest step: the time budget's measure
@@ -215,9 +221,14 @@ class Trainer(TrainerCheckpoints, TrainerBudgets, TrainerLog):
             outputs = self.trainable(images, labels, gen)
         loss = outputs["loss"]
         self.optimizer.zero_grad(set_to_none=True)
+        if self.lens is not None:
+            self.lens_optimizer.zero_grad(set_to_none=True)
+            self.lens.weigh_loss(loss)
+            outputs = {**outputs, "lens_change": self.lens.last_change}
         loss.backward()
-        if self.grad_clip:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        if self.grad_clip:  # the task's gradients; the lens's Adam normalises its own
+            clipped = [p for group in self.optimizer.param_groups for p in group["params"]]
+            grad_norm = torch.nn.utils.clip_grad_norm_(clipped, self.grad_clip)
         else:
             norms = [torch.linalg.vector_norm(p.grad.float()) for p in self.model.parameters() if p.grad is not None]
             grad_norm = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), device=self.device)
@@ -232,6 +243,8 @@ class Trainer(TrainerCheckpoints, TrainerBudgets, TrainerLog):
         else:  # read at the next check (check_finite); the step is taken meanwhile
             self.finite_since_check &= finite
         self.optimizer.step()
+        if self.lens is not None:
+            self.lens_optimizer.step()
         # before the schedule moves on: the next lr and the decision to stop see the same time
         self.step_elapsed = self._shared_elapsed()
         self.scheduler.step()

@@ -12,17 +12,20 @@ from torch import nn
 from selfsup.config import OptimConfig
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and normalisation parameters (1-d tensors), as is standard."""
+def parameter_groups(model: nn.Module, weight_decay: float, leave_out: nn.Module | None = None) -> list[dict]:
+    """No weight decay on biases and normalisation parameters (1-d tensors), as is standard. The parameters of
+    ``leave_out`` (a part of ``model`` with an optimiser of its own) are in neither group."""
+    left_out = set() if leave_out is None else {id(param) for param in leave_out.parameters()}
     decay, no_decay = [], []
     for param in model.parameters():
-        if param.requires_grad:
+        if param.requires_grad and id(param) not in left_out:
             (no_decay if param.ndim <= 1 else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(params: Iterable | nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = parameter_groups(params, cfg.weight_decay) if isinstance(params, nn.Module) else params
+def build_optimizer(params: Iterable | nn.Module, cfg: OptimConfig, *,
+                    leave_out: nn.Module | None = None) -> torch.optim.Optimizer:
+    groups = parameter_groups(params, cfg.weight_decay, leave_out) if isinstance(params, nn.Module) else params
     if cfg.optimizer in ("sgd", "nesterov"):
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.optimizer == "nesterov",
                                weight_decay=cfg.weight_decay)

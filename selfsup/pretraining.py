@@ -20,6 +20,7 @@ from selfsup.distributed import DistInfo
 from selfsup.engine import Trainer
 from selfsup.errors import ConfigError, DataError
 from selfsup.models import build_encoder, use_channels_last
+from selfsup.models.lens import Lens
 from selfsup.pretext import TASKS, PretextTask, new_task
 from selfsup.training_log import Monitor
 
@@ -33,8 +34,9 @@ class Pretraining:
 
 
 def build_pretraining(cfg: PretrainConfig, *, workers: int = 0) -> Pretraining:
-    """The task (a freshly initialised encoder: seed torch first) and its training images, through a decoded
-    cache when ``data.decoded_cache_gb`` asks for one (built by ``workers`` loader workers if absent)."""
+    """The task (a freshly initialised encoder, behind an adversarial lens when ``lens.enabled``: seed torch
+    first) and its training images, through a decoded cache when ``data.decoded_cache_gb`` asks for one (built
+    by ``workers`` loader workers if absent)."""
     task_cls = TASKS[cfg.task]
     splits = open_splits(cfg.data.data, cfg.data.data_root, val_fraction=cfg.data.val_fraction, seed=cfg.train.seed,
                          layout=cfg.data.layout)
@@ -46,8 +48,20 @@ def build_pretraining(cfg: PretrainConfig, *, workers: int = 0) -> Pretraining:
     task_cfg = task_cls.fit_to_data(from_dict(task_cls.Config, cfg.pretext, prefix="pretext."), len(source))
     in_channels = task_cls.encoder_channels(task_cfg)
     encoder = build_encoder(cfg.model.arch, in_channels=in_channels, width=cfg.model.width)
+    if cfg.lens.enabled:
+        encoder.lens = Lens(in_channels, cfg.lens.width, reconstruction_weight=cfg.lens.reconstruction_weight)
     task = new_task(cfg.task, encoder, dataclasses.asdict(task_cfg), num_classes=len(source.classes) or None)
     return Pretraining(task, splits, source, in_channels)
+
+
+def encoder_record(cfg: PretrainConfig, setup: Pretraining) -> dict[str, Any]:
+    """A checkpoint's ``encoder`` entry, what rebuilds the encoder (:func:`selfsup.pretext.load_task`): arch,
+    width, input channels and, with a lens, the lens's spec (no ``lens`` key without one, as before lenses)."""
+    record: dict[str, Any] = {"arch": cfg.model.arch, "width": cfg.model.width, "in_channels": setup.in_channels}
+    lens = setup.task.encoder.lens
+    if lens is not None:
+        record["lens"] = lens.spec()
+    return record
 
 
 def loader_workers(cfg: PretrainConfig, dist_info: DistInfo) -> int:
@@ -79,6 +93,7 @@ def new_trainer(cfg: PretrainConfig, setup: Pretraining, dist_info: DistInfo, ou
         knn_monitor=knn_monitor,
         trust_checkpoint=trust_checkpoint,
         decode_on_device=decode_on_device(cfg, setup.source, dist_info.device),
+        lens_lr=cfg.lens.lr,
     )
 
 

@@ -34,6 +34,7 @@ class TrainerCheckpoints:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            **({} if self.lens_optimizer is None else {"lens_optimizer": self.lens_optimizer.state_dict()}),
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
@@ -100,6 +101,8 @@ class TrainerCheckpoints:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.lens_optimizer is not None:
+            self.lens_optimizer.load_state_dict(state["lens_optimizer"])
         if any(change["field"].startswith("optim.") for change in self.record.get("resumed_with_changes", [])):
             self._apply_optim_config(fresh_groups)
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]

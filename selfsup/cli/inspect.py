@@ -2,6 +2,9 @@
 
     ssl-inspect --task rotation                       # random encoder, demo images
     ssl-inspect --checkpoint runs/rotation/last.pt    # the task and weights of a run (shows its predictions)
+
+For a checkpoint pretrained with a lens (lens.enabled) a second PNG, OUT_lens.png, shows each image as the
+encoder is fed it, through the lens, and their difference: what the lens erases is the shortcut it found.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from selfsup.models.base import check_input_size
 from selfsup.outputs import check_output_file
 from selfsup.presets import load_preset
 from selfsup.pretext import TASKS, check_pretrain_config, load_task, new_task
-from selfsup.visualize import render_examples
+from selfsup.visualize import lens_examples, render_examples
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +82,10 @@ def run(args: argparse.Namespace) -> Path:
     out = Path(f"inspect_{task_name}.png" if args.out is None else args.out)
     if args.out is None:
         check_output_file(out, "the default --out")
+    has_lens = state is not None and task.encoder.lens is not None
+    lens_out = out.with_name(f"{out.stem}_lens{out.suffix}") if has_lens else None
+    if lens_out is not None:
+        check_output_file(lens_out, "the lens view beside --out")
     splits = open_splits(args.data, args.data_root, seed=args.seed, layout=args.data_layout)
     if state is not None:
         image_size = state.get("image_size", DataConfig.image_size) if args.image_size is None else args.image_size
@@ -113,6 +120,11 @@ def run(args: argparse.Namespace) -> Path:
     with atomic_file(out) as handle:
         render_examples(examples, title).save(handle, format="PNG")
     print(f"wrote {out}")
+    if lens_out is not None:
+        with atomic_file(lens_out) as handle:
+            render_examples(lens_examples(task, unit_float(batch.images)), f"{title}: the lens").save(
+                handle, format="PNG")
+        print(f"wrote {lens_out}")
     return out
 
 

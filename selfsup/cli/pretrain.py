@@ -37,7 +37,7 @@ from selfsup.models import ARCHS
 from selfsup.outputs import RunLock, check_free_space, check_output_dir
 from selfsup.presets import load_preset
 from selfsup.pretext import TASKS, PretextTask, check_pretrain_config
-from selfsup.pretraining import build_pretraining, loader_workers, new_trainer
+from selfsup.pretraining import build_pretraining, encoder_record, loader_workers, new_trainer
 from selfsup.provenance import command_line, git_commit, machine_description
 from selfsup.probes.knn import KnnMonitor, random_subset
 from selfsup.training_checkpoint import CHECKPOINT_NAME
@@ -173,7 +173,7 @@ def _train(cfg: PretrainConfig, dist_info, out_dir: Path, trust_checkpoint: bool
     record = {
         "kind": "pretrain",
         "task": {"name": cfg.task, "options": dataclasses.asdict(task.cfg), "num_classes": len(source.classes) or None},
-        "encoder": {"arch": cfg.model.arch, "width": cfg.model.width, "in_channels": setup.in_channels},
+        "encoder": encoder_record(cfg, setup),
         "image_size": cfg.data.image_size,
         "config": to_dict(cfg),
         "data": {"spec": cfg.data.data, "root": cfg.data.data_root, "source": source.describe(),

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from selfsup.errors import CheckpointError, ConfigError
+from selfsup.models.lens import Lens
 
 __all__ = ["Encoder", "check_input_size", "freeze_layers", "load_weights", "use_channels_last"]
 
@@ -29,6 +30,9 @@ class Encoder(nn.Module):
         stages: Stage modules keyed by canonical tap name, in forward order.
         channels: Output channels of each stage, keyed like ``stages``.
         aliases: Extra accepted tap names, mapping alias -> canonical name.
+
+    ``lens``: None, or the :class:`~selfsup.models.lens.Lens` a pretraining with ``lens.enabled`` put in front
+    of the first stage; every forward pass goes through it, so probes see what pretraining saw.
 
     ``trains_faster_channels_last_on_cpu``: whether a training step on a CPU is faster in the channels_last
     memory format (see `use_channels_last`); each family sets what was measured for it.
@@ -60,6 +64,8 @@ class Encoder(nn.Module):
         self._num_frozen = 0
         for name, stage in stages.items():
             self.add_module(name, stage)
+        self.lens: Lens | None
+        self.register_module("lens", None)
 
     def canonical(self, name: str) -> str:
         """Resolve ``name`` (canonical or alias) to its canonical tap name."""
@@ -72,6 +78,8 @@ class Encoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Return the unpooled feature map of the last tap."""
+        if self.lens is not None:
+            x = self.lens(x)
         for name in self.layer_names:
             x = getattr(self, name)(x)
         return x
@@ -90,6 +98,8 @@ class Encoder(nn.Module):
         resolved = {tap: self.canonical(tap) for tap in taps}
         last = max(self.layer_names.index(c) for c in resolved.values())
         features: dict[str, Tensor] = {}
+        if self.lens is not None:
+            x = self.lens(x)
         for name in self.layer_names[: last + 1]:
             x = getattr(self, name)(x)
             features[name] = x
@@ -122,10 +132,12 @@ class Encoder(nn.Module):
         Frozen parameters get ``requires_grad=False`` and frozen BatchNorms stay in
         eval mode across later ``.train()`` calls, so their running statistics are
         not updated by pretext training. Freezing is cumulative: a later call with a
-        shallower name does not unfreeze anything.
+        shallower name does not unfreeze anything. A lens, in front of the first stage, is frozen with it.
         """
         depth = self.layer_names.index(self.canonical(name)) + 1
         self._num_frozen = max(self._num_frozen, depth)
+        if self.lens is not None:
+            self.lens.requires_grad_(False)
         for stage in self.layer_names[: self._num_frozen]:
             for p in getattr(self, stage).parameters():
                 p.requires_grad_(False)

@@ -14,6 +14,7 @@ from selfsup.config import from_dict
 from selfsup.errors import CheckpointError
 from selfsup.models import ARCHS, Encoder, build_encoder
 from selfsup.models.base import load_weights
+from selfsup.models.lens import Lens
 from selfsup.pretext.base import PretextTask
 from selfsup.pretext.registry import TASKS, new_task
 
@@ -43,6 +44,11 @@ def check_pretrain_record(state: dict[str, Any], checkpoint: str | Path) -> None
     if spec.get("in_channels") != channels:
         raise CheckpointError(f"checkpoint {checkpoint} has encoder.in_channels {spec.get('in_channels')!r}, but its "
                               f"task {name} feeds the encoder {channels} channel(s)")
+    lens = spec.get("lens")
+    if lens is not None and (not isinstance(lens, dict) or set(lens) != {"channels", "width"}
+                             or lens["channels"] != channels or type(lens["width"]) is not int or lens["width"] < 1):
+        raise CheckpointError(f"checkpoint {checkpoint} has encoder.lens {lens!r}: a lens record is "
+                              f"{{'channels': {channels}, 'width': N >= 1}}")
     size = state.get("image_size", 1)
     if type(size) is not int or size < 1:
         raise CheckpointError(f"checkpoint {checkpoint} has image_size {size!r}: a crop size is a positive integer")
@@ -55,9 +61,14 @@ def encoder_from_checkpoint(state: dict[str, Any], checkpoint: str | Path) -> En
     """The (untrained) encoder that the record of ``state`` describes; CheckpointError when it cannot be built."""
     spec = state["encoder"]
     try:
-        return build_encoder(spec["arch"], in_channels=spec["in_channels"], width=spec.get("width"))
+        encoder = build_encoder(spec["arch"], in_channels=spec["in_channels"], width=spec.get("width"))
     except (ValueError, TypeError) as exc:  # ConfigError included: the values came from the file
         raise CheckpointError(f"checkpoint {checkpoint}: its encoder record {spec} cannot be built ({exc})") from exc
+    if spec.get("lens") is not None:
+        # no reconstruction weight: outside pretraining the lens is no adversary (fine-tuning trains it as it
+        # trains the encoder, unless frozen)
+        encoder.lens = Lens(**spec["lens"])
+    return encoder
 
 
 def load_task(checkpoint: str | Path, *, trust: bool = False, state: dict[str, Any] | None = None) -> PretextTask:

@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from selfsup.config import from_dict
+from selfsup.errors import ConfigError
 from selfsup.models import Encoder
 from selfsup.models.normalization import IMAGENET_MEAN, IMAGENET_STD
 from selfsup.pretext import TASKS
@@ -99,7 +100,12 @@ def replace_input_conv(encoder: Encoder, conv: nn.Conv2d) -> None:
 def fold_input_mapping(encoder: Encoder, task_name: str, task_options: dict) -> tuple[Encoder, str]:
     """A deep copy of ``encoder`` whose conv1 takes ImageNet-normalised RGB (``normalize_rgb(x)``) in
     place of what ``task_name`` fed it, and a one-line description of what was folded ("none" for RGB
-    tasks). ``encoder`` itself is left untouched."""
+    tasks). ``encoder`` itself is left untouched. ConfigError for an encoder behind a lens."""
+    if encoder.lens is not None:
+        # the lens is a network of its own between the input mapping and conv1: no conv can absorb it
+        raise ConfigError(f"this {encoder.arch} was pretrained behind a lens (lens.enabled), which cannot be folded "
+                          "into conv1: ssl-detect --frontend exact keeps it in front of the encoder; ssl-export "
+                          "writes plain backbones only")
     mapping = task_input(task_name, task_options)
     channels = _CHANNELS[mapping.kind]
     if encoder.in_channels != channels:

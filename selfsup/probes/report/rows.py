@@ -139,7 +139,9 @@ def build_rows(records: Sequence[dict[str, Any]], pretrains: Sequence[dict[str, 
             method, _, pool = row.key
             checkpoints = sorted({resolve_path(r, r["checkpoint"]) for kind in row.records.values() for r in kind})
             runs = f"{len(checkpoints)} seeds" if len(checkpoints) > 1 else Path(checkpoints[0]).parent.name
-            row.label = method if methods[method] == 1 else f"{method} [{runs}{pool_label(pool)}]"
+            # pretrained behind a lens (lens.enabled): the encoder record carries its spec
+            named = f"{method} + lens" if row.any_record().get("encoder", {}).get("lens") else method
+            row.label = named if methods[method] == 1 else f"{named} [{runs}{pool_label(pool)}]"
             # the first seed's pretraining stands for the row (its command, budget and throughput)
             row.pretrain = next((by_checkpoint[c] for c in checkpoints if c in by_checkpoint), None)
     rank = {method: i for i, method in enumerate(order)}
