@@ -5,7 +5,8 @@
 #
 # It installs nothing (GPU machines are often offline): it first checks that the project and the packages it
 # needs import, and names any that is missing. Then, all on CUDA in bf16:
-#   1. every pretext task for 200 steps on the demo set (demo presets): steps/s and images/s;
+#   1. every pretext task for 200 steps on the demo set (demo presets), and jigsaw behind the learned lens
+#      (lens.enabled: its custom backward under bf16 autocast): steps/s and images/s;
 #   2. ssl-bench pipeline for ResNet-50 rotation at 224 px on synthetic JPEGs (end-to-end vs step-only);
 #   3. ssl-bench data for jigsaw and context, inputs made on the GPU;
 #   4. one linear probe (conv1..conv5) of the rotation checkpoint;
@@ -40,6 +41,9 @@ for task in rotation jigsaw context counting colorization deepcluster; do
         --out "$OUT/runs/$task" > "$OUT/pretrain_$task.log" 2>&1 \
         || { echo "gpu_check: ssl-pretrain --task $task failed; see $OUT/pretrain_$task.log" >&2; exit 1; }
 done
+ssl-pretrain --task jigsaw --set lens.enabled=true --device cuda --precision bf16 --max-steps 200 --epochs 1000 \
+    --out "$OUT/runs/jigsaw_lens" > "$OUT/pretrain_jigsaw_lens.log" 2>&1 \
+    || { echo "gpu_check: ssl-pretrain --task jigsaw with the lens failed; see $OUT/pretrain_jigsaw_lens.log" >&2; exit 1; }
 
 echo "== 2. ssl-bench pipeline: ResNet-50 rotation, 224 px, synthetic JPEGs"
 "$PYTHON" - "$OUT/jpegs" <<'EOF'
@@ -95,7 +99,8 @@ out, seconds = Path(sys.argv[1]), int(sys.argv[2])
 print("\n| check | result |\n|---|---|")
 for summary in sorted((out / "runs").glob("*/summary.json")):
     s = json.loads(summary.read_text())
-    print(f"| pretrain {s['task']['name']} ({s['encoder']['arch']}, {s['image_size']} px) | {s['steps']} steps, "
+    lens = " + lens" if s["encoder"].get("lens") else ""
+    print(f"| pretrain {s['task']['name']}{lens} ({s['encoder']['arch']}, {s['image_size']} px) | {s['steps']} steps, "
           f"{s['images_per_s']:.0f} img/s, {s['wall_time_s']:.0f} s |")
 for name in ("bench_pipeline_gpu_jpeg.json", "bench_pipeline_gpu_cache.json"):
   for row in json.loads((out / name).read_text())["rows"]:

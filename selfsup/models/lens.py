@@ -8,8 +8,8 @@ usual. Cues that solve the task cheaply and occupy few pixels (a logo, a waterma
 are the cheapest for the lens to erase, so the encoder has to learn something else. Afterwards the lens
 stays in front of the encoder, for probes as well: the features were learnt on what it lets through.
 
-Three choices differ from a plain "maximise the loss" adversary; each was needed for the lens to erase a
-planted corner mark (``tests/test_lens.py``; the exploration is in ``experiments/lens_planted_shortcut.py``):
+Three choices differ from a plain "maximise the loss" adversary; each was needed, in an exploration on
+small blobs, for the lens to erase a planted corner mark (the test of ``tests/test_lens.py``):
 
 - The residual is zero-mean per image and channel. The loss's input gradient has a consistent sign per
   channel over the whole image, so an unconstrained lens first learns a global colour shift, which changes
