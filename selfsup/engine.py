@@ -82,7 +82,7 @@ class Trainer(TrainerCheckpoints, TrainerBudgets, TrainerLog):
         knn_monitor: Monitor | None = None,
         trust_checkpoint: bool = False,
         decode_on_device: bool = False,
-        lens_lr: float = 0.0,
+        lens_lr: float | None = None,
     ) -> None:
         """``feature_view``: the deterministic transform of whole-source passes in ``prepare_epoch``;
         ``knn_monitor``: run every ``train_cfg.knn_every`` epochs (None = no monitor);
@@ -121,6 +121,8 @@ class Trainer(TrainerCheckpoints, TrainerBudgets, TrainerLog):
         self.total_steps = self.steps_per_epoch * train_cfg.epochs
         lens = getattr(getattr(self.model, "encoder", None), "lens", None)
         self.lens = lens if lens is not None and lens.adversarial else None
+        if self.lens is not None and lens_lr is None:
+            raise ValueError("the task's encoder has an adversarial lens: give lens_lr for its optimiser")
         self.optimizer = build_optimizer(self.model, optim_cfg, leave_out=self.lens)
         self.lens_optimizer = None if self.lens is None else torch.optim.Adam(self.lens.parameters(), lr=lens_lr)
         self.elapsed_before = 0.0
