@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -13,8 +14,10 @@ from selfsup.probes.linear import (
 )
 
 
-def test_feature_statistics_are_the_mean_and_population_variance_of_the_cache():
-    features = (torch.randn(1000, 7) * torch.arange(1, 8) + 3).to(torch.bfloat16)
+@pytest.mark.parametrize("offset", [3.0, 300.0])  # 300: a mean large against the spread (no cancellation)
+def test_feature_statistics_are_the_mean_and_population_variance_of_the_cache(offset):
+    torch.manual_seed(0)
+    features = (torch.randn(1000, 7) * torch.arange(1, 8) + offset).to(torch.bfloat16)
     mean, var = feature_statistics(features, chunk=64)
     exact = features.double()
     torch.testing.assert_close(mean, exact.mean(dim=0).float())
@@ -114,3 +117,22 @@ def test_head_precision_auto_is_bf16_only_where_the_hardware_multiplies_bf16(mon
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
     assert head_dtype("auto", cpu) == torch.float32  # a torch without the checks: the safe choice
+
+
+def test_cached_batches_are_the_rows_of_a_seeded_permutation_as_plain_indexing_gives_them():
+    torch.manual_seed(0)
+    features = {"conv1": torch.randn(50, 6).to(torch.bfloat16), "conv2": torch.randn(50, 3)}
+    labels = torch.arange(50) % 7
+    batches = cached_batches(features, labels, 16, torch.device("cpu"), shuffle_seed=3)
+    for epoch in range(2):
+        seen = list(batches(epoch))
+        assert len(seen) == 3  # the last partial batch of 2 is dropped
+        order = torch.cat([target for _, target in seen])
+        rows = {layer: torch.cat([pooled[layer] for pooled, _ in seen]) for layer in features}
+        # labels are row index mod 7, so recover the rows through a second, unique key: conv2's values
+        index = torch.tensor([int((features["conv2"] == row).all(dim=1).nonzero()) for row in rows["conv2"]])
+        assert len(set(index.tolist())) == 48 and torch.equal(order, labels[index])
+        assert all(torch.equal(rows[layer], features[layer][index]) for layer in features)
+    assert not torch.equal(torch.cat([t for _, t in batches(0)]), torch.cat([t for _, t in batches(1)]))
+    plain = list(cached_batches(features, labels, 16, torch.device("cpu"))())  # no seed: in order, all rows
+    assert torch.equal(torch.cat([p["conv1"] for p, _ in plain]), features["conv1"])
