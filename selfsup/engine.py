@@ -115,8 +115,10 @@ class Trainer(TrainerCheckpoints, TrainerBudgets, TrainerLog):
         pin = self.device.type == "cuda"
         self.crop_size = transform.size if decode_on_device else None
         self.loader = (device_decode_loader(source, transform, self.sampler, workers=workers, pin_memory=pin)
-                       if decode_on_device else train_loader(source, transform, self.sampler, workers=workers,
-                                                             pin_memory=pin))
+                       if decode_on_device else train_loader(
+                           source, transform, self.sampler, workers=workers, pin_memory=pin,
+                           channels_last=channels_last and not self.model.takes_uint8,
+                           background_workers=self.device.type == "cpu"))
         self.steps_per_epoch = self.sampler.steps_per_epoch
         self.total_steps = self.steps_per_epoch * train_cfg.epochs
         lens = getattr(getattr(self.model, "encoder", None), "lens", None)

@@ -1,5 +1,7 @@
 import json
 import os
+import pickle
+from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
 import torch
@@ -8,7 +10,10 @@ from PIL import Image
 from selfsup.cli.pretrain import main as pretrain_main
 from selfsup.data.folders import scan_folder
 from selfsup.data.crops import CenterCrop, RandomCrop, crop_uniforms
-from selfsup.data.loading import EpochBatchSampler, TransformedDataset, auto_workers, sample_seed, train_loader
+from selfsup.data.loading import (
+    WORKER_NICENESS, Batch, EpochBatchSampler, TransformedDataset, auto_workers, collate, lower_priority, sample_seed,
+    train_loader,
+)
 
 
 def test_ranks_take_disjoint_slices_of_the_single_process_batches():
@@ -93,30 +98,59 @@ def test_a_batch_of_items_is_what_the_items_give_one_by_one(tiny_folder, tmp_pat
         for (image, label, bad, index), (image_alone, label_alone, bad_alone, index_alone) in zip(together, alone):
             assert (label, bad, index) == (label_alone, bad_alone, index_alone)
             assert (image is None) == (image_alone is None)
-            assert image is None or (torch.equal(image, image_alone) and image.is_contiguous())
+            assert image is None or torch.equal(image, image_alone)
         assert sum(image is None for image, *_ in together) == (0 if replace_bad else 1)
+        batches = [collate(items) for items in (together, alone)]
+        assert torch.equal(batches[0].images, batches[1].images) and batches[0].images.is_contiguous()
+        laid_out = collate(together, memory_format=torch.channels_last)
+        assert torch.equal(laid_out.images, batches[1].images)
+        assert laid_out.images.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_persistent_workers_give_the_batches_of_a_fresh_single_process_loader(tiny_folder):
     """Workers persist across epochs and prefetch; every epoch (and a resume inside one) still gets exactly
-    the batches that a loader without workers gives."""
+    the batches that a loader without workers gives, also from background workers that lay the images out
+    channels_last and send the index rows by value."""
     source = scan_folder(tiny_folder / "train")
     crop = RandomCrop(16)
 
-    def epochs(workers: int) -> list[list[torch.Tensor]]:
+    def epochs(workers: int, **options) -> list[list[Batch]]:
         sampler = EpochBatchSampler(len(source), 8, seed=1)
-        loader = train_loader(source, crop, sampler, workers=workers, pin_memory=False)
+        loader = train_loader(source, crop, sampler, workers=workers, pin_memory=False, **options)
         seen = []
         for epoch, start in ((0, 0), (1, 0), (1, 2)):
             sampler.set_epoch(epoch, start)
-            seen.append([batch.images for batch in loader])
+            seen.append(list(loader))
         return seen
 
-    simple, persistent = epochs(0), epochs(2)
+    simple = epochs(0)
     assert [len(epoch) for epoch in simple] == [6, 6, 4]
-    for plain, fast in zip(simple, persistent):
-        assert len(plain) == len(fast) and all(torch.equal(a, b) for a, b in zip(plain, fast))
-    assert not torch.equal(simple[0][0], simple[1][0])
+    for persistent in (epochs(2), epochs(2, channels_last=True, background_workers=True)):
+        for plain, fast in zip(simple, persistent):
+            assert len(plain) == len(fast)
+            for a, b in zip(plain, fast):
+                assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+                assert torch.equal(a.indices, b.indices) and a.bad_files == b.bad_files
+    assert persistent[0][0].images.is_contiguous(memory_format=torch.channels_last)
+    assert not torch.equal(simple[0][0].images, simple[1][0].images)
+
+
+def test_a_batch_pickles_to_the_same_batch():
+    """What a loader worker does to send one (its index rows by value, see Batch.__reduce__)."""
+    batch = Batch(images=torch.arange(24, dtype=torch.uint8).reshape(2, 3, 2, 2), labels=torch.tensor([3, -1]),
+                  bad_files=["x.jpg: broken"], indices=torch.tensor([5, 9]))
+    for copy in (pickle.loads(pickle.dumps(batch)), pickle.loads(ForkingPickler.dumps(batch))):
+        assert torch.equal(copy.images, batch.images) and torch.equal(copy.labels, batch.labels)
+        assert torch.equal(copy.indices, batch.indices) and copy.bad_files == batch.bad_files
+        assert copy.jpegs is None and copy.pixel_rows is None
+        assert copy.labels.dtype == copy.indices.dtype == torch.long
+
+
+def test_background_workers_lower_their_priority(monkeypatch):
+    niced = []
+    monkeypatch.setattr(os, "nice", niced.append)
+    lower_priority(0)
+    assert niced == [WORKER_NICENESS] and WORKER_NICENESS > 0
 
 
 def test_auto_workers_leave_the_cores_to_the_step_on_a_cpu_and_feed_a_gpu_from_all_but_one(monkeypatch):
