@@ -184,7 +184,7 @@ def quick_bn_scores(context: ProbeContext, train: ImageSource,
     if quick.batch_size < 2:
         raise DataError(f"--bn-stats auto needs at least two train images; {train.describe()} has fewer")
     steps = len(quick_train) // quick.batch_size
-    scores = {}
+    scores, head_seconds = {}, 0.0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for which in ("checkpoint", "train"):
             context.use_bn_stats(which, train)
@@ -196,14 +196,16 @@ def quick_bn_scores(context: ProbeContext, train: ImageSource,
             score_set = score_set.renamed({layer: layer for layer in probe.dims})
             heads = LinearHeads(context.pools, probe.dims, probe.num_classes, context.head_dtype).to(device)
             fix_batchnorm_statistics(heads, fit_set.features)
-            best, _ = train_heads(heads, cached_batches(fit_set.features, fit_set.labels, quick.batch_size, device,
-                                                        shuffle_seed=options.seed),
-                                  cached_batches(score_set.features, score_set.labels, 256, device), quick, steps,
-                                  fixed_batchnorm=True)
+            best, history = train_heads(heads, cached_batches(fit_set.features, fit_set.labels, quick.batch_size,
+                                                              device, shuffle_seed=options.seed),
+                                        cached_batches(score_set.features, score_set.labels, 256, device), quick,
+                                        steps, fixed_batchnorm=True)
             scores[which] = round(max(entry["top1"] for entry in best.values()), 2)
+            head_seconds += sum(epoch["seconds"] for epoch in history)
     print(f"ssl-probe: --bn-stats auto: best-layer {options.selection_split} top-1 {scores['checkpoint']} with the "
           f"checkpoint's statistics, {scores['train']} re-estimated", file=sys.stderr)
-    return scores, {"train_images": len(quick_train), "selection_images": len(quick_select), "epochs": epochs}
+    return scores, {"train_images": len(quick_train), "selection_images": len(quick_select), "epochs": epochs,
+                    "head_epochs_s": round(head_seconds, 2)}
 
 
 def save_features(folder: str, split: str, features: FeatureSet, labels: np.ndarray | None = None) -> None:
