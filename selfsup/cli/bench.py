@@ -292,8 +292,8 @@ def probe_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines + ["", f"Each run: `{all_['probe_command']}` (and the other --freeze), mean of {all_['rounds']} "
                         "alternated round(s); the head epochs include --bn-stats auto's quick probe (10 epochs "
                         "with each of the two statistics).", "",
-                    f"Without the heads the runs would take {all_['other_s'] / one['other_s']:.2f}x (the last "
-                    f"column's ratio): the encoder's forward pass to its last layer alone takes "
+                    f"Without the heads the runs would take {all_['other_s'] / one['other_s']:.2f}x (the ratio of "
+                    f"the feature-pass column): the encoder's forward pass to its last layer alone takes "
                     f"{all_['forward_ratio_all_vs_one']:.2f}x the pass to {one['freeze']} (a batch of 256, "
                     "alternated), and the BatchNorm re-estimation passes every layer in both runs."]
 
