@@ -150,7 +150,7 @@ def collate(items: Sequence[tuple[torch.Tensor | None, int, list[str], int]],
     if kept:
         shape = (len(kept), *kept[0][0].shape)
         images = torch.stack([image for image, _, _ in kept],
-                             out=torch.empty(shape, dtype=torch.uint8).contiguous(memory_format=memory_format))
+                             out=torch.empty(shape, dtype=torch.uint8, memory_format=memory_format))
         labels = torch.tensor([label for _, label, _ in kept], dtype=torch.long)
         indices = torch.tensor([index for _, _, index in kept], dtype=torch.long)
     else:
