@@ -139,7 +139,11 @@ def test_ssl_bench_data_and_probe_write_their_tables(tiny_folder, tmp_path, caps
     assert rows[0]["dims"] > rows[1]["dims"] > 0
     assert rows[0]["ratio_all_vs_one"] == pytest.approx(rows[0]["total_s"] / rows[1]["total_s"])
     assert all(row["total_s"] > 0 and row["total_s"] >= row["head_epochs_s"] >= 0 for row in rows)
-    assert "| all |" in capsys.readouterr().out
+    assert all(row["head_step_ms"] > 0 and row["head_step_floor_ms"] > 0 for row in rows)
+    at_floor = [row["total_s"] - row["head_epochs_s"] * (1 - row["head_step_floor_ms"] / row["head_step_ms"]) for row in rows]
+    assert rows[0]["ratio_heads_at_floor"] == pytest.approx(at_floor[0] / at_floor[1])
+    out = capsys.readouterr().out
+    assert "| all |" in out and "With head epochs at that floor the runs would take" in out
 
 
 def test_deepcluster_share_times_whole_epochs_and_their_clustering_step(tiny_folder, tmp_path):

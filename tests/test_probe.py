@@ -27,7 +27,7 @@ def test_probe_all_layers_in_one_pass_writes_a_complete_record(tiny_checkpoint, 
     assert list(record["layers"]) == ["conv1", "conv2", "conv3", "conv4", "conv5"]
     assert record["selection_split"] == "val" and record["reported_split"] == "test"
     assert record["data"] == str(tiny_folder)  # the checkpoint's own data is the default
-    assert record["image_size"] == 16
+    assert record["image_size"] == 16 and record["classes"] == 3
     for layer in record["layers"].values():
         assert layer["dims"] <= 9216 and 1 <= layer["best_epoch"] <= 3
         assert 0 <= layer["test_top1"] <= layer["test_top5"] <= 100

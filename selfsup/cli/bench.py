@@ -30,6 +30,7 @@ import torch
 
 from selfsup.bench.data_side import measure_data_side
 from selfsup.bench.pipeline import measure_epoch_share, measure_pipeline, measure_threads
+from selfsup.bench.probe_heads import measure_head_steps
 from selfsup.checkpoint import atomic_file
 from selfsup.cli.common import Parser, add_overrides, int_list, user_errors_exit
 from selfsup.cli.pretrain import FLAGS, config_from_args
@@ -236,6 +237,7 @@ def probe_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.data is not None:
         common += ["--data", args.data]
     times: dict[str, list[dict[str, float]]] = {"all": [], args.layer: []}
+    records: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="ssl-bench-probe-") as scratch:
         for round_ in range(args.rounds):
             for freeze in times:
@@ -243,7 +245,7 @@ def probe_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
                       flush=True)
                 argv = [*common, "--freeze", freeze, "--out", str(Path(scratch) / f"{freeze}_{round_}.json")]
                 with contextlib.redirect_stdout(io.StringIO()):
-                    record = ssl_probe.run(ssl_probe.build_parser().parse_args(argv))
+                    record = records[freeze] = ssl_probe.run(ssl_probe.build_parser().parse_args(argv))
                 # the heads of --bn-stats auto's quick probe, then the probe's
                 quick = record["protocol"]["bn_stats"].get("quick_probe", {}).get("head_epochs_s", 0.0)
                 heads = quick + sum(epoch["seconds"] for epoch in record["history"])
@@ -251,10 +253,21 @@ def probe_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
                                       "dims": sum(layer["dims"] for layer in record["layers"].values())})
     mean = {freeze: {key: sum(t[key] for t in runs) / len(runs) for key in runs[0]} for freeze, runs in times.items()}
     forward = forward_ratio(args, record["image_size"])
+    print("ssl-bench probe: head steps against their memory floor ...", file=sys.stderr, flush=True)
+    protocol = record["protocol"]
+    steps = measure_head_steps({freeze: {layer: row["dims"] for layer, row in records[freeze]["layers"].items()}
+                                for freeze in times}, num_classes=record["classes"],
+                               batch_size=protocol["batch_size"],
+                               dtype=torch.bfloat16 if protocol["head_precision"] == "bf16" else torch.float32)
+    # the runs' time with their head epochs as fast as the floor (the rest as measured)
+    at_floor = {freeze: values["total_s"] - values["head_epochs_s"] * (1 - steps[freeze].floor_ms / steps[freeze].step_ms)
+                for freeze, values in mean.items()}
     return [{"freeze": freeze, "layers": freeze, **values, "other_s": values["total_s"] - values["head_epochs_s"],
              "ratio_all_vs_one": mean["all"]["total_s"] / mean[args.layer]["total_s"],
-             "forward_ratio_all_vs_one": forward, "rounds": args.rounds,
-             "probe_command": "ssl-probe " + shlex.join([*common, "--freeze", freeze]), "device": "cpu"}
+             "forward_ratio_all_vs_one": forward, "head_step_ms": steps[freeze].step_ms,
+             "head_step_floor_ms": steps[freeze].floor_ms, "ratio_heads_at_floor": at_floor["all"] / at_floor[args.layer],
+             "rounds": args.rounds, "probe_command": "ssl-probe " + shlex.join([*common, "--freeze", freeze]),
+             "device": "cpu"}
             for freeze, values in mean.items()]
 
 
@@ -295,7 +308,12 @@ def probe_table(rows: list[dict[str, Any]]) -> list[str]:
                     f"Without the heads the runs would take {all_['other_s'] / one['other_s']:.2f}x (the ratio of "
                     f"the feature-pass column): the encoder's forward pass to its last layer alone takes "
                     f"{all_['forward_ratio_all_vs_one']:.2f}x the pass to {one['freeze']} (a batch of 256, "
-                    "alternated), and the BatchNorm re-estimation passes every layer in both runs."]
+                    "alternated), and the BatchNorm re-estimation passes every layer in both runs.", "",
+                    f"A head step takes {all_['head_step_ms']:.1f} ms on every layer's features ({one['head_step_ms']:.1f} "
+                    f"ms on {one['freeze']}'s); the three passes over its batch that no step can skip (gathering its rows "
+                    f"from the cache, the forward product, the weight-gradient product) take {all_['head_step_floor_ms']:.1f} "
+                    f"ms ({one['head_step_floor_ms']:.1f} ms), random features of the same widths, alternated. With head "
+                    f"epochs at that floor the runs would take {all_['ratio_heads_at_floor']:.2f}x."]
 
 
 def data_rows(args: argparse.Namespace) -> list[dict[str, Any]]:

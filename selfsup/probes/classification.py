@@ -112,7 +112,7 @@ def run_classification(context: ProbeContext, dims: dict[str, int]) -> dict[str,
         record = context.new_record(kind, data, split_info, {**dataclasses.asdict(protocol),
                                     "batchnorm": FIXED_BATCHNORM, "head_precision": context.head_precision},
                                     options.selection_split)
-        record.update(augment=False, features="cached")
+        record.update(augment=False, features="cached", classes=num_classes)
         return linear_probe(record, heads, train_batches, batches(feature_sets[options.selection_split]),
                             batches(feature_sets["val"]), batches(feature_sets["test"]), protocol, steps,
                             fixed_batchnorm=True)
@@ -153,7 +153,7 @@ def streamed_linear_probe(context: ProbeContext, splits: Splits, dims: dict[str,
     record = context.new_record("linear_probe", data, split_info, {**dataclasses.asdict(protocol),
                                 "batchnorm": "per batch (streamed features)",
                                 "head_precision": context.head_precision}, options.selection_split)
-    record.update(augment=options.augment, features="streamed")
+    record.update(augment=options.augment, features="streamed", classes=num_classes)
     return linear_probe(record, heads, train_batches, streams[options.selection_split], streams["val"], streams["test"],
                         protocol, sampler.steps_per_epoch)
 
