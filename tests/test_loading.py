@@ -4,6 +4,7 @@ import pickle
 from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -11,8 +12,8 @@ from selfsup.cli.pretrain import main as pretrain_main
 from selfsup.data.folders import scan_folder
 from selfsup.data.crops import CenterCrop, RandomCrop, crop_uniforms
 from selfsup.data.loading import (
-    WORKER_NICENESS, Batch, EpochBatchSampler, TransformedDataset, auto_workers, collate, lower_priority, sample_seed,
-    train_loader,
+    WORKER_NICENESS, BackgroundLoader, Batch, EpochBatchSampler, TransformedDataset, auto_workers, collate, fell_behind,
+    idle_priority, lower_priority, sample_seed, train_loader,
 )
 
 
@@ -147,10 +148,54 @@ def test_a_batch_pickles_to_the_same_batch():
 
 
 def test_background_workers_lower_their_priority(monkeypatch):
-    niced = []
+    niced, policies = [], []
     monkeypatch.setattr(os, "nice", niced.append)
     lower_priority(0)
     assert niced == [WORKER_NICENESS] and WORKER_NICENESS > 0
+    monkeypatch.setattr(os, "SCHED_IDLE", 5, raising=False)
+    monkeypatch.setattr(os, "sched_setscheduler", lambda pid, policy, param: policies.append((pid, policy)),
+                        raising=False)
+    idle_priority(0)
+    assert policies == [(0, 5)] and niced == [WORKER_NICENESS]
+    monkeypatch.delattr(os, "sched_setscheduler")  # not on macOS or Windows: nice instead
+    idle_priority(0)
+    assert niced == [WORKER_NICENESS, WORKER_NICENESS]
+
+
+def test_a_loader_falls_behind_when_the_step_waits_longer_than_it_computes():
+    assert fell_behind([0.5, 0.6], [0.5, 0.5]) and not fell_behind([0.002] * 8, [0.1] * 8)
+
+
+@pytest.mark.parametrize("behind", [False, True])
+def test_background_loader_gives_the_batches_of_a_plain_loader_before_and_after_it_falls_back(tiny_folder, behind):
+    """Idle-priority workers that fall behind hand over to nice-10 workers from the epoch's next batch on
+    (``behind`` forced here: no timing): the batches, a resumed epoch's included, are those without workers."""
+    source = scan_folder(tiny_folder / "train")
+    crop = RandomCrop(16)
+
+    def epochs(loader, sampler) -> list[list[Batch]]:
+        seen = []
+        for epoch, start in ((0, 0), (1, 2), (2, 0)):
+            sampler.set_epoch(epoch, start)
+            seen.append(list(loader))
+        return seen
+
+    plain_sampler = EpochBatchSampler(len(source), 8, seed=1)
+    plain = epochs(train_loader(source, crop, plain_sampler, workers=0, pin_memory=False), plain_sampler)
+    sampler = EpochBatchSampler(len(source), 8, seed=1)
+    loader = train_loader(source, crop, sampler, workers=1, pin_memory=False, background_workers=True)
+    assert isinstance(loader, BackgroundLoader) and loader.idle
+    calls = []
+    loader.window, loader.behind = 2, lambda waits, steps: calls.append((list(waits), list(steps))) or behind
+    background = epochs(loader, sampler)
+    assert [len(epoch) for epoch in background] == [len(epoch) for epoch in plain] == [6, 4, 6]
+    for plain_epoch, background_epoch in zip(plain, background):
+        for a, b in zip(plain_epoch, background_epoch):
+            assert torch.equal(a.images, b.images) and torch.equal(a.indices, b.indices)
+    assert loader.idle is not behind
+    # an epoch's first batch (its workers start over) is not counted; the windows hold 2 batches
+    assert calls and all(len(waits) == len(steps) == 2 for waits, steps in calls)
+    assert len(calls) == (1 if behind else 4 + 2 + 4)
 
 
 def test_auto_workers_leave_the_cores_to_the_step_on_a_cpu_and_feed_a_gpu_from_all_but_one(monkeypatch):
