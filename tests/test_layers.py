@@ -18,6 +18,7 @@ FLOORS: dict[str, int] = {
     "selfsup.training_budget": 2, "selfsup.training_checkpoint": 2, "selfsup.training_log": 2,  # the loop's parts
     "selfsup.pretext": 3, "selfsup.pretraining": 3, "selfsup.bench": 3,  # tasks, and runs built from them
     "selfsup.probes": 4, "selfsup.diagnose": 4, "selfsup.visualize": 4,  # evaluation of encoders and tasks
+    "selfsup.bench.probe_heads": 4,  # the speed of the probe's heads
     "selfsup.transfer": 5, "selfsup.probes.report": 5,  # transfer, and tables of every kind of record
     "selfsup.cli": 6,  # console scripts: parse, call the library, print
 }

@@ -12,9 +12,9 @@ from selfsup.cli.pretrain import main as pretrain_main
 from selfsup.data.folders import scan_folder
 from selfsup.data.crops import CenterCrop, RandomCrop, crop_uniforms
 from selfsup.data.loading import (
-    WORKER_NICENESS, BackgroundLoader, Batch, EpochBatchSampler, TransformedDataset, auto_workers, collate, fell_behind,
-    idle_priority, lower_priority, sample_seed, train_loader,
+    Batch, EpochBatchSampler, TransformedDataset, auto_workers, collate, sample_seed, train_loader,
 )
+from selfsup.data.worker_priority import WORKER_NICENESS, BackgroundLoader, fell_behind, idle_priority, lower_priority
 
 
 def test_ranks_take_disjoint_slices_of_the_single_process_batches():
