@@ -85,3 +85,21 @@ def test_the_command_names_the_console_script_also_when_run_as_a_cli_file(monkey
     assert command_line() == "ssl-probe --freeze all"
     monkeypatch.setattr("sys.argv", ["experiments/fair_tasks.py", "--seeds", "2"])
     assert command_line() == "fair_tasks.py --seeds 2"
+
+
+def test_the_machine_names_the_cpu_and_whether_it_multiplies_bf16_in_hardware(monkeypatch):
+    """Two hosts with the same core count can differ in bf16 matrix products (3x in a probe's head step):
+    records and bench tables say which CPU made them; records written before they said so still read."""
+    import torch
+
+    from selfsup.provenance import machine_description, machine_text
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    machine = machine_description(torch.device("cpu"))
+    assert isinstance(machine["cpu"], str) and machine["cpu"] and machine["cpu_bf16_matmul"] is True
+    assert f"{machine['cpu']} (with bf16 matrix products in hardware), " in machine_text(machine)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert "(no bf16 matrix products in hardware)" in machine_text(machine_description(torch.device("cpu")))
+    older = {"platform": "linux", "cpu_count": 2, "torch_threads": 2, "torch": "2.x", "device": "cpu"}
+    assert machine_text(older) == "linux, 2 CPU cores, 2 torch threads, torch 2.x, device cpu"

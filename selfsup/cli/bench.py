@@ -39,7 +39,7 @@ from selfsup.distributed import pick_device
 from selfsup.errors import check_option_values
 from selfsup.outputs import check_output_file
 from selfsup.presets import load_preset
-from selfsup.provenance import command_line, git_commit, machine_description
+from selfsup.provenance import command_line, git_commit, machine_description, machine_text
 from selfsup.pretext import TASKS
 from selfsup.probes.records import write_record
 
@@ -361,11 +361,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         write_record(record, args.json)
         print(f"wrote {args.json}", file=sys.stderr)
     if args.table:
-        machine = record["machine"]
-        about = (f"{machine['cpu_count']} CPU cores, {machine['torch_threads']} torch threads, torch {machine['torch']}"
-                 + (f", {machine['gpu']}" if "gpu" in machine else ""))
         text = [f"# ssl-bench {args.command}", "", f"Made by: `{record['command']}` at commit {record['git_commit']}; "
-                f"machine: {about}.", "", *lines, ""]
+                f"machine: {machine_text(record['machine'])}.", "", *lines, ""]
         with atomic_file(Path(args.table), "w") as handle:
             handle.write("\n".join(text))
         print(f"wrote {args.table}", file=sys.stderr)

@@ -24,6 +24,7 @@ from selfsup.data.images import unit_float
 from selfsup.data.loading import Batch
 from selfsup.data.sources import DataError
 from selfsup.models import Encoder
+from selfsup.provenance import cpu_multiplies_bf16
 from selfsup.seeds import mix_seed
 
 
@@ -95,9 +96,7 @@ def head_dtype(precision: str, device: torch.device) -> torch.dtype:
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    # private helpers of torch.cpu, looked up defensively: a torch without them gets the safe choice
-    native = [getattr(torch.cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return torch.bfloat16 if device.type == "cpu" and any(check() for check in native) else torch.float32
+    return torch.bfloat16 if device.type == "cpu" and cpu_multiplies_bf16() else torch.float32
 
 
 @dataclass

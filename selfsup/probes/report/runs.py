@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from selfsup.probes.report.rows import LINEAR, Row, data_name, pool_label
+from selfsup.provenance import machine_text
 
 def pretrain_table(rows: Sequence[Row]) -> list[str]:
     shown: set[int] = set()  # a run probed with several poolings heads one row per pooling: list it once
@@ -58,12 +59,8 @@ def pretext_progress(summary: dict[str, Any]) -> str:
     return shown
 
 
-def machine_text(record: dict[str, Any]) -> str:
-    machine = record.get("machine") or {}
-    text = (f"{machine.get('platform', '?')}, {machine.get('cpu_count', '?')} CPU cores, "
-            f"{machine.get('torch_threads', '?')} torch threads, torch {machine.get('torch', '?')}, "
-            f"device {machine.get('device', '?')}")
-    return text + (f" ({machine['gpu']})" if machine.get("gpu") else "")
+def record_machine(record: dict[str, Any]) -> str:
+    return machine_text(record.get("machine") or {})
 
 
 def provenance(rows: Sequence[Row]) -> list[str]:
@@ -80,7 +77,7 @@ def provenance(rows: Sequence[Row]) -> list[str]:
                              f"selection on {record.get('selection_split', 'val')}"
                              + (" (FORCED)" if record.get("forced_test_selection") else ""))
     evaluations = [r for row in rows for records in row.records.values() for r in records]
-    for machine in sorted({machine_text(r) for r in [*evaluations, *pretrains]}):
+    for machine in sorted({record_machine(r) for r in [*evaluations, *pretrains]}):
         lines.append(f"- machine: {machine}")
     # a record written by another run's --also shares that run's wall time: counted once
     runs = [r for r in evaluations if not (r.get("protocol") or {}).get("shared_pass")]
