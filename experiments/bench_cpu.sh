@@ -20,6 +20,7 @@ ssl-bench deepcluster --set pretext.reassign_every=1 --warmup-epochs 1 --epochs 
     --json "$records/deepcluster_paper.json" --table "$results/bench_deepcluster_paper.md"
 ssl-bench deepcluster --set pretext.reassign_every=1 --set pretext.reuse_features=true --warmup-epochs 1 --epochs 2 \
     --json "$records/deepcluster_reuse.json" --table "$results/bench_deepcluster_reuse.md"
+ssl-bench precision --task all --json "$records/precision.json" --table "$results/bench_precision.md"
 ssl-bench threads --task rotation --json "$records/threads.json" --table "$results/bench_threads.md"
 # the same with OpenMP's default of spinning waits, for comparison with the passive policy every command sets
 OMP_WAIT_POLICY=ACTIVE ssl-bench threads --task rotation --json "$records/threads_active.json" \

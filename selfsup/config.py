@@ -281,7 +281,7 @@ class TrainConfig:
                                      "(resumes included) if that comes first; the lr schedule follows the time "
                                      "spent, so runs are not exactly reproducible (0 = none)", min=0.0)
     batch_size: int = option(64, "images per step summed over all processes", min=1)
-    precision: str = option("auto", "auto = bf16 autocast on CUDA, fp32 on CPU", choices=("auto", "fp32", "bf16"))
+    precision: str = option("auto", "auto = bf16 autocast on CUDA and on CPUs that multiply bf16 in hardware (AVX512-BF16, AMX), fp32 elsewhere", choices=("auto", "fp32", "bf16"))
     device: str = option("auto", choices=("auto", "cpu", "cuda"))
     seed: int = option(0, min=0)
     out: str = option("runs/{task}", "output folder; {task} and {arch} are filled in")

@@ -156,3 +156,17 @@ def test_deepcluster_share_times_whole_epochs_and_their_clustering_step(tiny_fol
     assert row["prepare_s"] > 0 and row["steps_s"] > 0
     assert row["outside_share"] == pytest.approx(row["prepare_s"] / (row["prepare_s"] + row["steps_s"]))
     assert len(row["prepare_metrics"]) == 2 and all("cluster_s" in m for m in row["prepare_metrics"])
+
+
+def test_ssl_bench_precision_times_fp32_and_bf16_steps_and_says_what_auto_runs(tiny_folder, tmp_path, capsys):
+    from selfsup.epoch import resolve_precision
+
+    record = tmp_path / "precision.json"
+    status = bench_main(["precision", "--task", "rotation", "--data", str(tiny_folder / "train"), *SMALL,
+                         "--image-size", "16", "--steps", "2", "--rounds", "2", "--json", str(record)])
+    assert status == 0
+    assert "| rotation |" in capsys.readouterr().out
+    row = json.loads(record.read_text())["rows"][0]
+    assert row["fp32_img_s"] > 0 and row["bf16_img_s"] > 0
+    assert math.isclose(row["bf16_vs_fp32"], row["bf16_img_s"] / row["fp32_img_s"])
+    assert row["auto_runs"] == resolve_precision("auto", torch.device("cpu"))

@@ -7,6 +7,7 @@ that a busy or throttled machine slows both alike.
   wait, transfer to the device, pretext inputs (the task's forward up to its first encoder call) and the rest.
 - :func:`measure_threads`: end-to-end img/s per torch thread count, idle and beside spinning processes.
 - :func:`measure_epoch_share`: a task's epoch preparation (DeepCluster's clustering) against its steps.
+- :func:`measure_precision`: the training step under fp32 against bf16 autocast, and what ``auto`` chooses.
 
 The data side of the tile and patch tasks is measured in :mod:`selfsup.bench.data_side`.
 """
@@ -32,6 +33,7 @@ from selfsup.config import PretrainConfig
 from selfsup.data.decoded import DecodedSource
 from selfsup.distributed import DistInfo, pick_device
 from selfsup.engine import Trainer
+from selfsup.epoch import resolve_precision
 from selfsup.pretraining import build_pretraining, loader_workers, new_trainer
 
 
@@ -331,3 +333,30 @@ def measure_threads(cfg: PretrainConfig, *, thread_counts: list[int], busy: int,
                       "device": str(session.device)} for count, t in times.items()]
     torch.set_num_threads(before)
     return rows
+
+
+def measure_precision(cfg: PretrainConfig, *, steps: int, rounds: int, warmup: int = 2) -> dict[str, Any]:
+    """Step-only img/s of ``cfg``'s training under fp32 and under bf16 autocast, ``steps`` timed steps each in
+    ``rounds`` alternating blocks on one batch kept on the device (the loader is not what differs), after
+    ``warmup`` untimed steps of each; and the precision ``auto`` runs on this device."""
+    times = {"fp32": StepTimes(), "bf16": StepTimes()}
+    with pipeline_session(cfg) as session:
+        session.full_step()
+        trainer_cfg = session.trainer.cfg
+        try:
+            for precision in times:
+                trainer_cfg.precision = precision
+                for _ in range(warmup):
+                    session.kept_step()
+            for count in split_rounds(steps, rounds):
+                for precision, timed in times.items():
+                    trainer_cfg.precision = precision
+                    for _ in range(count):
+                        session.kept_step(timed)
+        finally:
+            trainer_cfg.precision = cfg.train.precision
+    fp32, bf16 = (times[p].images_per_s for p in ("fp32", "bf16"))
+    return {"task": cfg.task, "arch": cfg.model.arch, "image_size": cfg.data.image_size,
+            "batch_size": cfg.train.batch_size, "device": str(session.device), "steps_per_side": steps,
+            "fp32_img_s": fp32, "bf16_img_s": bf16, "bf16_vs_fp32": bf16 / fp32,
+            "auto_runs": resolve_precision("auto", session.device)}

@@ -1,5 +1,6 @@
-"""The probe's head step against its memory-traffic floor: what ``ssl-bench probe`` sets beside its
-``--freeze all`` / one-layer ratio, so that a reader can tell how much of the heads' share any kernel could win.
+"""The probe's head step against its memory-traffic floor, and the encoder's forward pass to its last layer against
+the pass to one layer: what ``ssl-bench probe`` sets beside its ``--freeze all`` / one-layer ratio, so that a
+reader can tell how much of it any head kernel could win, and which part no head can.
 
 A head step on cached features does little arithmetic per value (10 or so classes): its time is the traffic of
 the batch's features, which it reads at least three times: gathering its rows from the cache, the forward
@@ -18,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.models import use_channels_last
+from selfsup.probes.frozen import load_frozen
 from selfsup.probes.linear import LinearHeads, cached_batches, fix_batchnorm_statistics
 
 
@@ -89,3 +92,26 @@ def measure_head_steps(runs: Mapping[str, Mapping[str, int]], *, num_classes: in
                 floor_s[name] += time.perf_counter() - middle
                 steps[name] += count
     return {name: HeadSteps(1000 * step_s[name] / steps[name], 1000 * floor_s[name] / steps[name]) for name in runs}
+
+
+def forward_ratio(checkpoint: str, arch: str, layer: str, image_size: int, batch_size: int = 256,
+                  rounds: int = 3) -> float:
+    """The encoder's forward pass to its last layer against the pass to ``layer`` alone (it stops there), on a
+    batch at the probe's image size, on the CPU, alternated: the ratio a probe of every layer cannot go below
+    however fast its heads, since each probe passes its splits through the encoder the same number of times."""
+    frozen = load_frozen(checkpoint, arch=arch, width=None, image_size=image_size, seed=0)
+    encoder = frozen.encoder.eval()
+    device = torch.device("cpu")
+    images = torch.rand(batch_size, frozen.encoder.in_channels, image_size, image_size)
+    if use_channels_last(encoder, device, training=False):
+        encoder.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    seconds = {"all": 0.0, "one": 0.0}
+    with torch.no_grad():
+        for round_ in range(rounds + 1):  # round 0 warms up
+            for side, taps in (("all", list(encoder.layer_names)), ("one", [layer])):
+                started = time.perf_counter()
+                encoder.forward_taps(images, taps)
+                if round_:
+                    seconds[side] += time.perf_counter() - started
+    return seconds["all"] / seconds["one"]

@@ -6,6 +6,7 @@
     ssl-bench data                                     # jigsaw and context inputs: batched vs per-sample PIL
     ssl-bench probe                                    # ssl-probe --freeze all vs --freeze conv3
     ssl-bench deepcluster                              # share of a reclustering epoch outside the training steps
+    ssl-bench precision --task all                     # training step img/s in fp32 and in bf16 autocast
 
 Every sub-command prints a table; ``--json FILE`` writes a record (rows, command, commit, machine) and
 ``--table FILE`` the same table in Markdown with how it was produced. No timing is exact on a shared
@@ -22,15 +23,14 @@ import shlex
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from selfsup.bench.data_side import measure_data_side
-from selfsup.bench.pipeline import measure_epoch_share, measure_pipeline, measure_threads
-from selfsup.bench.probe_heads import measure_head_steps
+from selfsup.bench.pipeline import measure_epoch_share, measure_pipeline, measure_precision, measure_threads
+from selfsup.bench.probe_heads import forward_ratio, measure_head_steps
 from selfsup.checkpoint import atomic_file
 from selfsup.cli.common import Parser, add_overrides, int_list, user_errors_exit
 from selfsup.cli.pretrain import FLAGS, config_from_args
@@ -96,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_step_options(threads, steps=24)
     add_config_options(threads)
     add_output_options(threads)
+    precision = commands.add_parser(
+        "precision", help="training step img/s in fp32 against bf16 autocast, and what auto runs here",
+        description="The task's training step on a batch kept on the device, in fp32 and under bf16 autocast, "
+                    "alternated; bf16 is about twice as fast where the device multiplies bf16 matrices in hardware "
+                    "and slower where it is emulated. The task's run config is built as ssl-pretrain builds it "
+                    "(its demo preset unless --config); --precision is ignored.")
+    precision.add_argument("--task", default="all", choices=[*PRETEXT_TASKS, "all"], help="default: all of them")
+    add_step_options(precision, steps=24)
+    add_config_options(precision)
+    add_output_options(precision)
     deepcluster = commands.add_parser(
         "deepcluster", help="share of a reclustering epoch spent outside the training steps",
         description="Whole DeepCluster epochs, built as ssl-pretrain builds them (the demo preset unless --config): "
@@ -204,6 +214,24 @@ def threads_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def precision_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    check_steps(args)
+    rows = []
+    for task in PRETEXT_TASKS if args.task == "all" else [args.task]:
+        cfg = task_config(args, task)
+        announce("precision", cfg)
+        rows.append(measure_precision(cfg, steps=args.steps, rounds=args.rounds))
+    return rows
+
+
+def precision_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| task | arch, size, batch | fp32 img/s | bf16 autocast img/s | bf16 / fp32 | auto runs |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {row['task']} | {row['arch']}, {row['image_size']} px, {row['batch_size']} | {row['fp32_img_s']:.1f} | "
+              f"{row['bf16_img_s']:.1f} | {row['bf16_vs_fp32']:.2f} | {row['auto_runs']} |" for row in rows]
+    return lines
+
+
 def deepcluster_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     check_option_values(args, at_least=(("epochs", 1), ("warmup_epochs", 0)))
     cfg = task_config(args, "deepcluster")
@@ -252,7 +280,7 @@ def probe_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
                 times[freeze].append({"total_s": record["wall_time_s"], "head_epochs_s": heads,
                                       "dims": sum(layer["dims"] for layer in record["layers"].values())})
     mean = {freeze: {key: sum(t[key] for t in runs) / len(runs) for key in runs[0]} for freeze, runs in times.items()}
-    forward = forward_ratio(args, record["image_size"])
+    forward = forward_ratio(args.checkpoint, args.arch, args.layer, record["image_size"])
     print("ssl-bench probe: head steps against their memory floor ...", file=sys.stderr, flush=True)
     protocol = record["protocol"]
     steps = measure_head_steps({freeze: {layer: row["dims"] for layer, row in records[freeze]["layers"].items()}
@@ -269,31 +297,6 @@ def probe_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
              "rounds": args.rounds, "probe_command": "ssl-probe " + shlex.join([*common, "--freeze", freeze]),
              "device": "cpu"}
             for freeze, values in mean.items()]
-
-
-def forward_ratio(args: argparse.Namespace, image_size: int, batch_size: int = 256, rounds: int = 3) -> float:
-    """The encoder's forward pass to its last layer against the pass to ``args.layer`` alone (it stops there), on
-    a batch at the probe's image size, alternated: the ratio a probe of every layer cannot go below however fast
-    its heads, since each probe passes its splits through the encoder the same number of times."""
-    from selfsup.models import use_channels_last
-    from selfsup.probes.frozen import load_frozen
-
-    frozen = load_frozen(args.checkpoint, arch=args.arch, width=None, image_size=image_size, seed=0)
-    encoder = frozen.encoder.eval()
-    device = torch.device("cpu")
-    images = torch.rand(batch_size, frozen.encoder.in_channels, image_size, image_size)
-    if use_channels_last(encoder, device, training=False):
-        encoder.to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
-    seconds = {"all": 0.0, "one": 0.0}
-    with torch.no_grad():
-        for round_ in range(rounds + 1):  # round 0 warms up
-            for side, taps in (("all", list(encoder.layer_names)), ("one", [args.layer])):
-                started = time.perf_counter()
-                encoder.forward_taps(images, taps)
-                if round_:
-                    seconds[side] += time.perf_counter() - started
-    return seconds["all"] / seconds["one"]
 
 
 def probe_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -343,7 +346,7 @@ def data_table(rows: list[dict[str, Any]]) -> list[str]:
 
 MEASURES = {"pipeline": (pipeline_rows, pipeline_table), "threads": (threads_rows, threads_table),
             "data": (data_rows, data_table), "probe": (probe_rows, probe_table),
-            "deepcluster": (deepcluster_rows, deepcluster_table)}
+            "deepcluster": (deepcluster_rows, deepcluster_table), "precision": (precision_rows, precision_table)}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

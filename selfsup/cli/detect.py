@@ -94,8 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force-test-selection", action="store_true",
                         help="allow --selection-split test; the record is marked as test-selected")
     parser.add_argument("--eval-every", type=int, default=1, help="score the selection split every N epochs (and after the last)")
-    parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "auto"),
-                        help="bf16 autocast of backbone and box head (default), fp32, or auto (bf16 on CUDA only)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="autocast of backbone and box head: auto (default) = bf16 on CUDA and on CPUs that "
+                             "multiply bf16 in hardware (AVX512-BF16, AMX), fp32 elsewhere, where bf16 is emulated "
+                             "and about 3x slower")
     parser.add_argument("--figure", default=None, help="PNG of test detections (default: next to the record)")
     return parser
 

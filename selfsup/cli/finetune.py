@@ -63,9 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "twice)")
     parser.add_argument("--eval-crop", type=finite_float, default=None,
                         help="central fraction of the short side kept at evaluation (default 1.0 below 96 px, else 0.875)")
-    parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "auto"),
-                        help="bf16 autocast (default: about 3x faster than fp32 on a CPU with AVX512-BF16), "
-                             "fp32, or auto (bf16 on CUDA only)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="auto (default) = bf16 autocast on CUDA and on CPUs that multiply bf16 in hardware "
+                             "(AVX512-BF16, AMX: about 3x faster there), fp32 elsewhere, where bf16 is emulated "
+                             "and about 3x slower")
     parser.add_argument("--selection-split", default="val", choices=SELECTION_SPLITS,
                         help="split that picks the epoch kept; test is refused without --force-test-selection")
     parser.add_argument("--force-test-selection", action="store_true",

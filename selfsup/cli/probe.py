@@ -114,9 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{AUTO_EPOCHS} epochs); auto is train for svm (no val split) and low-shot probes "
                              "(the quick probe would use more labels than the shots)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                        help="the frozen encoder's forward passes: auto = bf16 autocast on CUDA, fp32 on CPU; bf16 "
-                             "on a CPU is about 1.6x faster and changes accuracies by about 0.1-0.3 points "
-                             "(features are cached in bf16 either way)")
+                        help="the frozen encoder's forward passes: auto = bf16 autocast on CUDA and on CPUs that "
+                             "multiply bf16 in hardware (AVX512-BF16, AMX: about 1.6x faster there, accuracies "
+                             "within about 0.1-0.3 points of fp32), fp32 elsewhere (features are cached in bf16 "
+                             "either way); the record names what ran")
     parser.add_argument("--head-precision", default="auto", choices=("auto", "fp32", "bf16"),
                         help="the linear heads' matrix products (parameters stay fp32): auto = bf16 on CUDA and on "
                              "CPUs with AVX512-BF16 or AMX (about 3x faster head steps), fp32 elsewhere")

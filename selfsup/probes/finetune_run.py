@@ -22,6 +22,7 @@ from selfsup.data.loading import BadFileLog, EpochBatchSampler, eval_loader, tra
 from selfsup.data.sources import DataError, ImageSource, open_splits
 from selfsup.data.voc import open_voc, resolve_voc_root, voc_classes
 from selfsup.distributed import pick_device
+from selfsup.epoch import resolve_precision
 from selfsup.errors import ConfigError, check_option_values
 from selfsup.models.base import check_input_size, freeze_layers
 from selfsup.optim import build_optimizer, build_scheduler
@@ -58,7 +59,7 @@ class FinetuneOptions(EncoderOptions):
     image_size: int | None = None
     bn_stats: str = "train"  # "train" or "checkpoint"
     eval_crop: float | None = None
-    precision: str = "bf16"
+    precision: str = "auto"
     selection_split: str = "val"
     force_test_selection: bool = False
 
@@ -172,7 +173,7 @@ def run_finetune(options: FinetuneOptions) -> FinetuneRun:
     print(f"ssl-finetune: {frozen.name} encoder {frozen.record['encoder']['arch']} at {frozen.image_size}px, "
           f"freeze {options.freeze} (trained: {column}, {trainable:,} parameters); {objective.kind} on "
           f"{sources['train'].describe()}; {epochs} epochs, batch {options.batch_size}, lr {options.lr:g} "
-          f"{options.schedule}, {options.precision}", file=sys.stderr)
+          f"{options.schedule}, {resolve_precision(options.precision, device)}", file=sys.stderr)
     bad = BadFileLog()
     # frozen stages normalise with these statistics throughout; trained ones start from them
     bn_stats = {"option": options.bn_stats, "used": options.bn_stats, "reason": "--bn-stats"}
@@ -200,7 +201,7 @@ def run_finetune(options: FinetuneOptions) -> FinetuneRun:
             "augmentation": f"random-resized crop {frozen.image_size}px, area {CROP_SCALE[0]:g}-{CROP_SCALE[1]:g}, "
                             f"aspect 3/4-4/3, horizontal flip",
             "eval_view": f"centre crop {eval_crop:g} of the short side, resized to {frozen.image_size}px",
-            "precision": options.precision,
+            "precision": resolve_precision(options.precision, device),
             "selection_metric": f"{options.selection_split} {objective.metric}",
             "seed": options.seed,
             # the input size, and whether the checkpoint's task scale or --image-size chose it

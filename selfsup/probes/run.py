@@ -15,7 +15,7 @@ from selfsup.checkpoint import seed_everything
 from selfsup.data.crops import CenterCrop
 from selfsup.data.loading import BadFileLog
 from selfsup.distributed import pick_device
-from selfsup.epoch import autocast_context
+from selfsup.epoch import autocast_context, resolve_precision
 from selfsup.models import use_channels_last
 from selfsup.models.base import check_input_size
 from selfsup.outputs import check_output_file
@@ -92,7 +92,8 @@ def finish_probe_record(context: ProbeContext, record: dict[str, Any], dims: dic
     options, frozen = context.options, context.frozen
     record["protocol"].update(seed=options.seed, probe_image_size=frozen.image_size,
                               probe_image_size_source=frozen.image_size_source,
-                              bn_stats=context.bn_record, precision=options.precision)
+                              bn_stats=context.bn_record,
+                              precision=resolve_precision(options.precision, context.device))
     for layer, entry in record["layers"].items():
         record["layers"][layer] = {"dims": dims[layer], "pooling": pooling[layer], **entry}
     record.update(image_size=frozen.image_size, eval_crop=eval_crop, pool_preset=pool_preset,

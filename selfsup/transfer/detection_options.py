@@ -46,7 +46,7 @@ class DetectOptions(EncoderOptions):
     selection_split: str = "val"
     force_test_selection: bool = False
     eval_every: int = 1
-    precision: str = "bf16"
+    precision: str = "auto"
     figure: str | None = None
 
 

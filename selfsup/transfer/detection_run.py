@@ -22,6 +22,7 @@ from selfsup.data.images import unit_float
 from selfsup.data.loading import BadFileLog, EpochBatchSampler
 from selfsup.data.voc import VocSplit, open_voc, resolve_voc_root, voc_classes
 from selfsup.distributed import pick_device
+from selfsup.epoch import resolve_precision
 from selfsup.errors import ConfigError, DataError
 from selfsup.models import Encoder
 from selfsup.models.base import check_input_size, freeze_layers
@@ -160,7 +161,8 @@ def run_detection(options: DetectOptions) -> DetectionRun:
           f"({parts['box_head']}); freeze {options.freeze}, {'frozen' if options.frozen_bn else 'trainable'} "
           f"BatchNorm, {sum(p.numel() for p in trainable):,} trained parameters; {splits['train'].describe()}; "
           f"{options.epochs} epochs x {steps} steps of {options.batch_size}, lr {options.lr:g}, sizes "
-          f"{parts['train_sizes']} (test {options.min_size}, max {options.max_size}), {options.precision}",
+          f"{parts['train_sizes']} (test {options.min_size}, max {options.max_size}), "
+          f"{resolve_precision(options.precision, device)}",
           file=sys.stderr)
 
     selection = options.selection_split
@@ -196,7 +198,7 @@ def run_detection(options: DetectOptions) -> DetectionRun:
             "augmentation": "horizontal flip" + (f", short side from {options.multiscale}" if options.multiscale else ""),
             "difficult": "not trained on; ignored in evaluation",
             "evaluation": "VOC07 devkit rules, IoU >= 0.5; mAP: 11-point, mAP_area: area under the precision envelope",
-            "precision": options.precision,
+            "precision": resolve_precision(options.precision, device),
             "selection_metric": f"{selection} mAP (11-point)",
             "seed": options.seed,
         },
