@@ -24,9 +24,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """``fp32`` or ``bf16``: what ``precision`` (``auto``, ``fp32`` or ``bf16``) runs on ``device``.
 
     ``auto`` is bf16 autocast on CUDA and on CPUs that multiply bf16 matrices in hardware (AVX512-BF16 or AMX),
-    where it is about twice as fast as fp32, and fp32 on other CPUs: there bf16 products are emulated, and a
-    training step of the demo encoders under bf16 autocast took 3-3.5x as long as in fp32 (measured on such a
-    2-core host, alexnet_small and resnet18_small, see ``experiments/results/bench_precision.md``)."""
+    where it is about twice as fast as fp32, and fp32 on other CPUs: there bf16 products are emulated, and
+    every demo preset's training step ran at 0.31-0.34x the fp32 img/s under bf16 autocast (``ssl-bench
+    precision``, ``experiments/results/bench_precision.md``)."""
     if precision != "auto":
         return precision
     return "bf16" if device.type == "cuda" or (device.type == "cpu" and cpu_multiplies_bf16()) else "fp32"

@@ -33,6 +33,7 @@ from selfsup.config import (
 from selfsup.data.crops import CenterCrop
 from selfsup.data.sources import Splits
 from selfsup.distributed import init_distributed, shutdown
+from selfsup.epoch import resolve_precision
 from selfsup.models import ARCHS
 from selfsup.outputs import RunLock, check_free_space, check_output_dir
 from selfsup.presets import load_preset
@@ -182,6 +183,7 @@ def _train(cfg: PretrainConfig, dist_info, out_dir: Path, trust_checkpoint: bool
         "command": command_line(),
         "git_commit": git_commit(),
         "machine": machine_description(dist_info.device),
+        "precision": resolve_precision(cfg.train.precision, dist_info.device),
     }
     if dist_info.is_main:
         # weights, up to two optimiser slots per weight (Adam), and room for the temporary of an atomic write
@@ -193,7 +195,7 @@ def _train(cfg: PretrainConfig, dist_info, out_dir: Path, trust_checkpoint: bool
         print(
             f"ssl-pretrain: task {cfg.task}, encoder {cfg.model.arch} ({n_params / 1e6:.2f} M parameters with heads), "
             f"data {source.describe()}, {dist_info.world_size} process(es) on {dist_info.device}, "
-            f"{loader_workers(cfg, dist_info)} loader worker(s) per process",
+            f"{loader_workers(cfg, dist_info)} loader worker(s) per process, {record['precision']}",
             file=sys.stderr,
         )
     trainer = new_trainer(cfg, setup, dist_info, out_dir, record,
@@ -225,7 +227,7 @@ def print_summary(summary: dict[str, Any], metric: str) -> None:
     if "knn_top1" in final:
         lines.append(f"final kNN       top-1 {final['knn_top1']:.2f}%  top-5 {final['knn_top5']:.2f}%  (val split)")
     lines += [
-        f"throughput      {summary['images_per_s']} images/s over {summary['wall_time_s']} s",
+        f"throughput      {summary['images_per_s']} images/s over {summary['wall_time_s']} s ({summary['precision']})",
         f"unreadable files skipped: {summary['bad_files_skipped']}",
         f"files ignored   {ignored_text(summary['data'].get('ignored_files') or {})}",
         f"checkpoint      {summary['checkpoint']}",
