@@ -24,7 +24,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -169,14 +169,21 @@ def announce(command: str, cfg: PretrainConfig) -> None:
           f"data.workers {cfg.data.workers}, precision {cfg.train.precision}) ...", file=sys.stderr, flush=True)
 
 
-def pipeline_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+def per_task_rows(args: argparse.Namespace, command: str,
+                  measure: Callable[[PretrainConfig], dict[str, Any]]) -> list[dict[str, Any]]:
+    """A row of ``measure`` for ``args.task`` (or each pretext task for "all"), its run config built as
+    ssl-pretrain builds it."""
     check_steps(args)
     rows = []
     for task in PRETEXT_TASKS if args.task == "all" else [args.task]:
         cfg = task_config(args, task)
-        announce("pipeline", cfg)
-        rows.append(measure_pipeline(cfg, steps=args.steps, rounds=args.rounds).row())
+        announce(command, cfg)
+        rows.append(measure(cfg))
     return rows
+
+
+def pipeline_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    return per_task_rows(args, "pipeline", lambda cfg: measure_pipeline(cfg, steps=args.steps, rounds=args.rounds).row())
 
 
 def pipeline_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -215,13 +222,7 @@ def threads_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def precision_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
-    check_steps(args)
-    rows = []
-    for task in PRETEXT_TASKS if args.task == "all" else [args.task]:
-        cfg = task_config(args, task)
-        announce("precision", cfg)
-        rows.append(measure_precision(cfg, steps=args.steps, rounds=args.rounds))
-    return rows
+    return per_task_rows(args, "precision", lambda cfg: measure_precision(cfg, steps=args.steps, rounds=args.rounds))
 
 
 def precision_table(rows: list[dict[str, Any]]) -> list[str]:
