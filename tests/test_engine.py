@@ -50,7 +50,8 @@ def test_killed_run_resumes_to_the_same_weights(tiny_folder, tmp_path):
     assert expected.keys() == resumed.keys()
     for key in expected:
         assert torch.allclose(expected[key].float(), resumed[key].float(), rtol=0, atol=1e-6), key
-    assert json.loads((killed / "summary.json").read_text())["steps"] == 18
+    summary = json.loads((killed / "summary.json").read_text())
+    assert summary["steps"] == 18 and summary["precision"] in ("fp32", "bf16")
 
 
 def test_torchrun_two_processes_match_one_process(tiny_folder, tmp_path):

@@ -10,6 +10,7 @@ import selfsup.probes.finetune_run as finetune_run
 from selfsup.checkpoint import load_checkpoint
 from selfsup.cli.finetune import build_parser, main as finetune_main, options_from
 from selfsup.cli.pretrain import main as pretrain_main
+from selfsup.epoch import resolve_precision
 from selfsup.models import build_encoder
 from selfsup.probes.finetune import MultiLabel, build_classifier, column_name, trained_from
 from selfsup.probes.finetune_run import FinetuneOptions
@@ -78,6 +79,7 @@ def test_finetune_writes_a_val_selected_record_next_to_the_checkpoint(tiny_check
     assert record["pretraining"]["task"]["name"] == "rotation" and record["encoder"]["arch"] == "alexnet_small"
     protocol = record["protocol"]
     assert protocol["epochs"] == 2 and protocol["batch_size"] == 12 and protocol["freeze"] == "none"
+    assert protocol["precision"] == resolve_precision("auto", torch.device("cpu"))  # what the default ran
     assert protocol["optimizer"]["momentum"] == 0.9 and protocol["optimizer"]["weight_decay"] == 5e-4
     assert "fc6" in protocol["head"] and "flip" in protocol["augmentation"]
     assert set(record["splits"]) >= {"train", "val", "test"} and record["image_size"] == 16

@@ -6,6 +6,7 @@ import torch
 
 from selfsup.cli.pretrain import main as pretrain_main
 from selfsup.cli.probe import build_parser, main as probe_main, options_from
+from selfsup.epoch import resolve_precision
 from selfsup.probes.options import ProbeOptions
 from selfsup.probes.run import run_probe
 from conftest import one_error_line
@@ -92,6 +93,8 @@ def test_low_shot_probe_reports_mean_and_std_over_draws(tiny_checkpoint, tmp_pat
     assert record["kind"] == "lowshot_linear" and record["selection_split"] == "val"
     # no quick probe on the train split's labels to choose BatchNorm statistics: re-estimated, label-free
     assert record["protocol"]["bn_stats"]["used"] == "train" and "low-shot" in record["protocol"]["bn_stats"]["reason"]
+    # --precision auto (the default) is recorded as what ran on this machine
+    assert record["protocol"]["precision"] == resolve_precision("auto", torch.device("cpu")) != "auto"
     by_k = record["layers"]["conv3"]
     assert set(by_k) >= {"1", "4"} and by_k["1"]["images"] == 3 and by_k["4"]["images"] == 12
     for entry in (by_k["1"], by_k["4"]):
