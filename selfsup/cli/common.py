@@ -17,6 +17,7 @@ from selfsup.data.folders import LAYOUTS
 from selfsup.errors import UserError
 from selfsup.models import ARCHS
 from selfsup.pretext import TASKS
+from selfsup.probes.frozen import RANDOM_INPUT_TASK
 
 
 def thread_count(text: str) -> int:
@@ -71,9 +72,9 @@ def add_encoder_arguments(parser: argparse.ArgumentParser, *, out_help: str) -> 
                        help=f"encoder for --checkpoint random (default {ModelConfig.arch})")
     group.add_argument("--width", type=finite_float, default=None,
                        help="width multiplier for --checkpoint random (default: the architecture's own)")
-    group.add_argument("--input-like", default="rotation", choices=sorted(TASKS),
+    group.add_argument("--input-like", default=RANDOM_INPUT_TASK, choices=sorted(TASKS),
                        help="for --checkpoint random: feed the encoder as this task does (e.g. colorization: L only; "
-                            "default rotation: RGB)")
+                            f"default {RANDOM_INPUT_TASK}: RGB)")
     group.add_argument("--workers", type=int, default=1, help="data-loading processes (default 1; 0: in this one)")
     group.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                        help="auto (default): CUDA when available")

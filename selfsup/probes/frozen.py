@@ -34,8 +34,12 @@ class FrozenEncoder:
                 "pretraining": {k: v for k, v in self.record.items() if k != "encoder"}}
 
 
+# how a random encoder is fed unless told otherwise: as rotation feeds its encoder, whole RGB images (like most tasks)
+RANDOM_INPUT_TASK = "rotation"
+
+
 def load_frozen(checkpoint: str, *, arch: str, width: float | None, image_size: int | None, seed: int,
-                input_task: str = "rotation", trust: bool = False) -> FrozenEncoder:
+                input_task: str = RANDOM_INPUT_TASK, trust: bool = False) -> FrozenEncoder:
     """``checkpoint == "random"`` gives a randomly initialised ``arch`` fed as ``input_task`` feeds its
     encoder (RGB for most tasks, L for colorization), so that random rows compare like with like;
     otherwise the checkpoint's own encoder and evaluation input mapping (the task's ``eval_input``).

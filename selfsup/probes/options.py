@@ -10,6 +10,7 @@ from pathlib import Path
 from selfsup.config import ModelConfig
 from selfsup.errors import ConfigError, check_option_values
 from selfsup.outputs import check_output_dir, check_output_file
+from selfsup.probes.frozen import RANDOM_INPUT_TASK
 from selfsup.probes.knn import DEFAULT_KS
 from selfsup.probes.records import check_selection
 
@@ -31,7 +32,7 @@ class EncoderOptions:
     checkpoint: str  # an ssl-pretrain checkpoint (last.pt) or "random"
     arch: str = ModelConfig.arch  # for checkpoint "random"
     width: float | None = None  # for checkpoint "random"; None: the architecture's own
-    input_like: str = "rotation"  # for checkpoint "random": fed as this task feeds its encoder
+    input_like: str = RANDOM_INPUT_TASK  # for checkpoint "random": fed as this task feeds its encoder
     workers: int = 1
     device: str = "auto"
     seed: int = 0
@@ -86,7 +87,7 @@ def default_record_path(checkpoint: str, arch: str, input_like: str, name: str) 
     the checkpoint, or for ``random`` under runs/random-ARCH/ (runs/random-ARCH-TASK-input/ when fed as a task
     other than rotation feeds its encoder), so that random rows of different inputs do not overwrite each other."""
     if checkpoint == "random":
-        suffix = "" if input_like == "rotation" else f"-{input_like}-input"
+        suffix = "" if input_like == RANDOM_INPUT_TASK else f"-{input_like}-input"
         return Path("runs") / f"random-{arch}{suffix}" / name
     return Path(checkpoint).parent / name
 
